@@ -1,0 +1,77 @@
+"""What every command shares: exit codes, ``--config``/``--json``, output, and the App it builds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from scheduler.catalog import Catalog
+from scheduler.clock import SystemClock
+from scheduler.config import Config, load_config
+from scheduler.store.db import Database
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    INTERRUPTED = 130
+
+
+def out_console() -> Console:
+    return Console(file=sys.stdout, soft_wrap=True)
+
+
+def err_console() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+def config_option(func: F) -> F:
+    """``--config PATH``: the configuration file (else $TOMLFLOW_CONFIG, else ./tomlflow.toml)."""
+    return click.option(
+        "--config",
+        "config_path",
+        metavar="PATH",
+        default=None,
+        help="Configuration file (default: $TOMLFLOW_CONFIG, else ./tomlflow.toml if present).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        func
+    )
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@dataclass
+class App:
+    """The parts a command works with, built from the configuration."""
+
+    config: Config
+    db: Database
+    catalog: Catalog
+
+
+@contextmanager
+def open_app(config_path: str | None) -> Iterator[App]:
+    """Load the configuration, open (and migrate) the database; close it afterwards."""
+    config = load_config(config_path)
+    db = Database(config.database)
+    try:
+        yield App(config, db, Catalog(db, config.workflows, SystemClock()))
+    finally:
+        db.close()

@@ -1,0 +1,245 @@
+"""Commands that run and inspect executions: run, trigger, status, history, logs."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import FrameType
+
+import click
+from rich.table import Table
+
+from scheduler import planner
+from scheduler.cli.common import (
+    App,
+    ExitCode,
+    config_option,
+    json_option,
+    open_app,
+    out_console,
+    print_json,
+)
+from scheduler.clock import SystemClock
+from scheduler.engine import Engine
+from scheduler.errors import TaskNotFound, TomlflowError
+from scheduler.executor import LocalExecutor
+from scheduler.store import history
+from scheduler.store.history import Status, Trigger
+from scheduler.tasktime import iso, parse_at
+from scheduler.validation import PhaseSpec
+
+_STATUS_COLOURS = {
+    "complete": "green", "error": "red", "alert": "red", "warn": "yellow", "running": "cyan",
+    "queued": "blue", "skipped": "dim", "cancelled": "magenta",
+}
+
+
+@contextmanager
+def _engine(app: App) -> Iterator[Engine]:
+    clock = SystemClock()
+    executor = LocalExecutor(app.config.max_workers, clock.now)
+    yield Engine(app.config, app.db, executor, clock)
+
+
+@click.command()
+@config_option
+@click.option("--once", is_flag=True,
+              help="One pass: fire what is due now, run everything queued to the end, exit.")
+def run(config_path: str | None, once: bool) -> int:
+    """Run the scheduler (Ctrl-C stops it cleanly)."""
+    with open_app(config_path) as app, _engine(app) as engine:
+        if once:
+            report = engine.run_once()
+            summary = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
+            out_console().print(f"ran {report.finished} executions: {summary or 'nothing due'}",
+                                highlight=False)
+            return ExitCode.FAILED if report.failed else ExitCode.OK
+        stop = threading.Event()
+        with _signals(stop, engine):
+            out_console().print(f"tomlflow running on {app.config.workflows} (Ctrl-C stops)",
+                                highlight=False)
+            engine.run_forever(stop)
+    return ExitCode.OK
+
+
+@contextmanager
+def _signals(stop: threading.Event, engine: Engine) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the loop; SIGHUP asks for a refresh of the workflow files."""
+
+    def on_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        engine.refresh_requested.set()
+
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig, handler in ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop),
+                             (signal.SIGHUP, on_hup))
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@click.command()
+@click.argument("task")
+@click.option("--at", "at", metavar="TIME", help="Task time: 2024-01-02, 2024-01-02T13 or RFC 3339.")
+@click.option("--meta", "metas", multiple=True, metavar="KEY=VALUE", help="Meta for the task.")
+@click.option("--file", "file_path", metavar="FILE", help="Workflow file, when TASK is in several.")
+@config_option
+@json_option
+def trigger(task: str, at: str | None, metas: tuple[str, ...], file_path: str | None,
+            config_path: str | None, as_json: bool) -> int:
+    """Queue one manual run of TASK (``topic`` or ``topic:job``); `run` executes it."""
+    task_time = _parse_time(at) if at else datetime.now(UTC)
+    meta = _parse_meta(metas)
+    with open_app(config_path) as app:
+        app.catalog.refresh()
+        spec = _find(app, task, file_path)
+        now = datetime.now(UTC)
+        rows = planner.new_rows(spec, task_time, planner.base_meta(spec, meta), Trigger.MANUAL,
+                                now, app.config.workflow_root)
+        with app.db.write() as conn:
+            history.insert_executions(conn, rows, now)
+    if as_json:
+        print_json([{"task": r.task, "task_time": iso(r.task_time) if r.task_time else None,
+                     "info": r.info, "task_id": r.task_id} for r in rows])
+    else:
+        for row in rows:
+            out_console().print(f"queued {row.task} for {iso(row.task_time) if row.task_time else '-'}"
+                                f": {row.info}", highlight=False, markup=False)
+    return ExitCode.OK
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return parse_at(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from None
+
+
+def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
+    meta = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
+        meta[key] = value
+    return meta
+
+
+def _find(app: App, task: str, file_path: str | None) -> PhaseSpec:
+    matches = [s for s in app.catalog.phases()
+               if s.task == task and file_path in (None, s.file_path)]
+    if not matches:
+        raise TaskNotFound(task)
+    if len(matches) > 1:
+        files = ", ".join(s.file_path for s in matches)
+        raise click.UsageError(f"task {task!r} is in several files ({files}): use --file")
+    spec = matches[0]
+    if not spec.runnable:
+        raise TomlflowError(f"{spec.file_path} [{spec.task}]: phase has errors: {spec.status}")
+    return spec
+
+
+@click.command()
+@config_option
+@json_option
+def status(config_path: str | None, as_json: bool) -> int:
+    """One line per phase: last result, when, and the next cron fire."""
+    with open_app(config_path) as app:
+        app.catalog.refresh()
+        specs = app.catalog.phases()
+        with app.db.read() as conn:
+            latest = history.latest_by_phase(conn)
+            states = history.phase_states(conn)
+    rows = []
+    for spec in specs:
+        key = (spec.file_path, spec.task)
+        last, state = latest.get(key), states.get(key)
+        rows.append({
+            "file_path": spec.file_path, "task": spec.task,
+            "valid": spec.status or "ok",
+            "paused": bool(state and state.paused),
+            "last_status": last.status.value if last else None,
+            "last_task_time": iso(last.task_time) if last and last.task_time else None,
+            "last_ended_at": iso(last.ended_at) if last and last.ended_at else None,
+            "next_fire": iso(state.next_fire) if state and state.next_fire else None,
+        })
+    if as_json:
+        print_json(rows)
+        return ExitCode.OK
+    table = Table("file", "task", "last", "task time", "ended", "next fire", "paused", box=None)
+    for r in rows:
+        last = r["last_status"] or "-"
+        table.add_row(r["file_path"], r["task"], _colour(last), r["last_task_time"] or "-",
+                      r["last_ended_at"] or "-", r["next_fire"] or "-",
+                      "yes" if r["paused"] else "")
+    out_console().print(table)
+    return ExitCode.OK
+
+
+@click.command(name="history")
+@click.argument("task", required=False)
+@click.option("--status", "status_filter", type=click.Choice([s.value for s in Status]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@config_option
+@json_option
+def history_cmd(task: str | None, status_filter: str | None, limit: int,
+                config_path: str | None, as_json: bool) -> int:
+    """Executions, newest first."""
+    with open_app(config_path) as app, app.db.read() as conn:
+        rows = history.list_executions(conn, task, status_filter, limit)
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+        return ExitCode.OK
+    table = Table("id", "task", "task time", "trigger", "try", "status", "started", "msg", box=None)
+    for r in rows:
+        table.add_row(str(r.id), r.task, iso(r.task_time) if r.task_time else "-",
+                      r.trigger.value, str(r.attempt), _colour(r.status.value),
+                      iso(r.started_at) if r.started_at else "-", _escape(r.msg))
+    out_console().print(table)
+    return ExitCode.OK
+
+
+@click.command()
+@click.argument("execution_id", type=int)
+@config_option
+@json_option
+def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
+    """The output lines of one execution."""
+    with open_app(config_path) as app, app.db.read() as conn:
+        execution = history.get_execution(conn, execution_id)
+        if execution is None:
+            raise TomlflowError(f"no execution with id {execution_id}")
+        lines = history.execution_logs_of(conn, execution_id)
+    if as_json:
+        print_json({"execution": execution.as_dict(),
+                    "logs": [{"seq": x.seq, "ts": iso(x.ts), "stream": x.stream, "line": x.line}
+                             for x in lines]})
+        return ExitCode.OK
+    console = out_console()
+    console.print(f"# {execution.task} attempt {execution.attempt}: {execution.status.value} "
+                  f"{execution.msg}", highlight=False, markup=False)
+    for x in lines:
+        style = "red" if x.stream == "stderr" else "dim" if x.stream == "system" else None
+        console.print(x.line, style=style, highlight=False, markup=False)
+    return ExitCode.OK
+
+
+def _colour(status_text: str) -> str:
+    colour = _STATUS_COLOURS.get(status_text)
+    return f"[{colour}]{status_text}[/]" if colour else status_text
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+COMMANDS = [run, trigger, status, history_cmd, logs]

@@ -1,0 +1,292 @@
+"""Flowlord's cron dialect: parsing, and the next fire time as a pure function of time.
+
+Dialect
+    Five fields ``min hour dom mon dow`` or six with seconds FIRST (``sec min hour dom mon dow``).
+    Values, ranges ``a-b``, lists ``a,b``, steps ``*/n`` and ``a/n`` (``a`` to the field's end);
+    month names ``JAN-DEC`` and day names ``SUN-SAT`` in any case; ``?`` means ``*``; day of
+    week 7 is Sunday. When day of month and day of week are both restricted, either may match.
+    Descriptors ``@yearly @annually @monthly @weekly @daily @midnight @hourly`` (any case), and
+    ``@every <duration>`` (Go syntax plus ``d``, must be positive).
+
+``@every d`` fires at every whole multiple of ``d`` counted from the Unix epoch in UTC, so its
+fire times depend on nothing but the clock (not on when the scheduler started) and ignore the
+time zone: ``@every 90m`` fires at 00:00, 01:30, 03:00 … UTC.
+
+Time zones and daylight saving time
+    Cron fields are wall-clock times in the schedule's zone. A schedule is *daily-style* when its
+    hour field is a fixed set (``30 2 * * *``, ``0 8-18 * * *``) and *sub-daily* when the hour
+    field is a wildcard (``*`` or ``*/n``), as in classic cron.
+
+    * Spring forward (a wall time that does not exist): a daily-style schedule fires once, at the
+      first valid instant after the gap (Berlin 2024-03-31 ``30 2 * * *`` fires at 03:00 CEST);
+      a sub-daily schedule skips the missing wall times, because every real hour still gets its
+      fire (``30 * * * *`` fires 01:30 CET then 03:30 CEST, one hour apart).
+    * Fall back (a wall time that happens twice): a daily-style schedule fires once, at the first
+      occurrence (02:30 CEST); a sub-daily schedule fires in every real hour (02:30 CEST and
+      02:30 CET).
+
+    croniter does the calendar math on naive wall times only; mapping wall times to instants
+    (gaps and the ``fold``) is done here, because croniter alone fires daily jobs twice on the
+    autumn night.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import cast
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from scheduler.durations import parse_duration
+from scheduler.errors import CronError, DurationError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_DESCRIPTORS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    low: int
+    high: int
+    names: dict[str, int]
+
+
+_FIELDS = (
+    _Field("second", 0, 59, {}),
+    _Field("minute", 0, 59, {}),
+    _Field("hour", 0, 23, {}),
+    _Field("day of month", 1, 31, {}),
+    _Field("month", 1, 12, {m: i + 1 for i, m in enumerate(_MONTHS)}),
+    _Field("day of week", 0, 7, {d: i for i, d in enumerate(_DAYS)}),
+)
+_PART = re.compile(r"^(?P<range>\*|[^-/]+|[^-/]+-[^-/]+)(?:/(?P<step>[^/]*))?$")
+_HOUR = 2  # index of the hour field in the six-field form
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """A parsed cron expression; immutable, hashable, shared between phases.
+
+    ``fields`` is the normalised six-field expression (seconds first, numbers only) handed to
+    croniter; it is empty for ``@every``, whose period is ``every``. ``daily_style`` is True when
+    the hour field is a fixed set (see the module docstring for what that changes at DST).
+    """
+
+    expr: str
+    fields: str = ""
+    every: timedelta | None = None
+    daily_style: bool = False
+
+    def next_after(self, after: datetime, tz: ZoneInfo) -> datetime:
+        """Return the first fire time strictly after ``after``, as an aware UTC datetime.
+
+        ``after`` must be timezone-aware (ValueError otherwise); ``tz`` is the zone whose wall
+        clock the cron fields describe (ignored by ``@every``).
+        """
+        if after.utcoffset() is None:
+            raise ValueError(f"naive datetime: {after!r}")
+        if self.every is not None:
+            steps = (after - _EPOCH) // self.every
+            return _EPOCH + (steps + 1) * self.every
+        return _memo_next(self, tz, after)
+
+
+@lru_cache(maxsize=4096)
+def parse_cron(expr: str) -> CronSchedule:
+    """Parse ``expr`` in flowlord's dialect; raises CronError(expr, reason) when invalid.
+
+    Results are cached by expression, so parsing the same rule for many phases is cheap.
+    """
+    text = expr.strip()
+    if text.startswith("@"):
+        return _parse_descriptor(expr, text)
+    return _parse_fields(expr, text.split())
+
+
+def _parse_descriptor(expr: str, text: str) -> CronSchedule:
+    word, _, rest = text.partition(" ")
+    word = word.lower()
+    if word == "@every":
+        return CronSchedule(expr, every=_every_period(expr, rest.strip()))
+    if word not in _DESCRIPTORS or rest.strip():
+        raise CronError(expr, f"unknown descriptor {text}")
+    return _parse_fields(expr, _DESCRIPTORS[word].split())
+
+
+def _every_period(expr: str, text: str) -> timedelta:
+    if not text:
+        raise CronError(expr, "@every needs a duration")
+    try:
+        period = parse_duration(text)
+    except DurationError:
+        raise CronError(expr, f"bad duration {text}") from None
+    if period <= timedelta(0):
+        raise CronError(expr, f"duration must be positive, got {text}")
+    return period
+
+
+def _parse_fields(expr: str, parts: list[str]) -> CronSchedule:
+    if len(parts) not in (5, 6):
+        raise CronError(expr, f"expected 5 or 6 fields, got {len(parts)}")
+    if len(parts) == 5:
+        parts = ["0", *parts]
+    fields = [_normalise(expr, part, spec) for part, spec in zip(parts, _FIELDS, strict=True)]
+    schedule = CronSchedule(expr, " ".join(fields), daily_style=not fields[_HOUR].startswith("*"))
+    _check_fires(schedule)
+    return schedule
+
+
+def _normalise(expr: str, text: str, spec: _Field) -> str:
+    """Check one field and return it with names resolved, ``?`` as ``*`` and ``*/1`` as ``*``."""
+    items = [_normalise_item(expr, item, spec) for item in text.split(",")]
+    return ",".join(items)
+
+
+def _normalise_item(expr: str, item: str, spec: _Field) -> str:
+    match = _PART.match(item.replace("?", "*"))
+    if match is None:
+        raise CronError(expr, f"{spec.name}: bad value {item}")
+    span = match.group("range")
+    if span != "*":
+        bounds = [_value(expr, v, spec) for v in span.split("-")]
+        if bounds[0] > bounds[-1]:
+            raise CronError(expr, f"{spec.name}: range {span} is reversed")
+        span = "-".join(str(b) for b in bounds)
+    step = match.group("step")
+    if step is None:
+        return span
+    if not (step.isascii() and step.isdigit()) or int(step) < 1:
+        raise CronError(expr, f"{spec.name}: bad step {step}")
+    return span if span == "*" and int(step) == 1 else f"{span}/{int(step)}"
+
+
+def _value(expr: str, text: str, spec: _Field) -> int:
+    digits = text.isascii() and text.isdigit()
+    number = int(text) if digits else spec.names.get(text.lower())
+    if number is None:
+        raise CronError(expr, f"{spec.name}: bad value {text}")
+    if not spec.low <= number <= spec.high:
+        raise CronError(expr, f"{spec.name}: {text} out of range {spec.low}-{spec.high}")
+    return number
+
+
+def _check_fires(schedule: CronSchedule) -> None:
+    """Reject expressions that can never match, such as 30 February."""
+    try:
+        croniter(schedule.fields, datetime(2000, 1, 1), second_at_beginning=True).get_next()
+    except (ValueError, KeyError):  # croniter's errors derive from ValueError
+        raise CronError(schedule.expr, "never fires") from None
+
+
+# --- next fire time ---------------------------------------------------------------------------
+
+# next_after is a step function of `after`: for every a in [after, nxt) the answer is nxt. Keeping
+# the last interval per (schedule, zone) makes the engine's "is anything due?" check on every
+# tick a dictionary lookup. Races between threads only cost a recomputation.
+_MEMO: dict[tuple[CronSchedule, ZoneInfo], tuple[datetime, datetime]] = {}
+_MEMO_LIMIT = 16384
+_LOCAL = threading.local()
+
+
+def _memo_next(schedule: CronSchedule, tz: ZoneInfo, after: datetime) -> datetime:
+    key = (schedule, tz)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] <= after < hit[1]:
+        return hit[1]
+    nxt = _next_wall_fire(schedule, tz, after)
+    if len(_MEMO) >= _MEMO_LIMIT:
+        _MEMO.clear()
+    _MEMO[key] = (after, nxt)
+    return nxt
+
+
+def _next_wall_fire(schedule: CronSchedule, tz: ZoneInfo, after: datetime) -> datetime:
+    """Smallest instant > ``after`` among the instants of all matching wall times.
+
+    Instants are increasing in wall time except inside a repeated hour, where the second pass
+    comes after the first pass of later wall times. So the search starts one fold earlier when
+    ``after`` lies in a first pass, and it stops only at a wall time that is not repeated.
+    """
+    local = after.astimezone(tz)
+    start = local.replace(tzinfo=None)
+    if _is_first_pass(local):
+        start -= _offset(local) - _offset(local.replace(fold=1))
+    best: datetime | None = None
+    for wall in _walls_after(schedule.fields, start):
+        instants, repeated = _instants(wall, tz, schedule.daily_style)
+        later = [t for t in instants if t > after]
+        if later and (best is None or later[0] < best):
+            best = later[0]
+        if later and not repeated:
+            return cast(datetime, best)
+    raise AssertionError("unreachable: croniter iterates forever")  # pragma: no cover
+
+
+def _walls_after(fields: str, start: datetime) -> Iterator[datetime]:
+    """Matching naive wall times strictly after ``start``, ascending (croniter, per thread)."""
+    cache: dict[str, croniter] = _LOCAL.__dict__.setdefault("iters", {})
+    it = cache.get(fields)
+    if it is None:
+        it = cache[fields] = croniter(fields, start, ret_type=datetime, second_at_beginning=True)
+    else:
+        it.set_current(start, force=True)
+    while True:
+        yield cast(datetime, it.get_next())
+
+
+def _instants(wall: datetime, tz: ZoneInfo, daily_style: bool) -> tuple[list[datetime], bool]:
+    """The UTC instants a matching wall time fires at (ascending), and whether it is repeated."""
+    first = wall.replace(tzinfo=tz, fold=0)
+    second = wall.replace(tzinfo=tz, fold=1)
+    if _offset(first) == _offset(second):
+        return [first.astimezone(UTC)], False
+    a, b = sorted((first.astimezone(UTC), second.astimezone(UTC)))
+    if _exists(first):  # repeated wall time: fold=0 is the first pass
+        return ([first.astimezone(UTC)] if daily_style else [a, b]), True
+    return ([_transition(a, b, tz)] if daily_style else []), False
+
+
+def _exists(moment: datetime) -> bool:
+    return moment.astimezone(UTC).astimezone(moment.tzinfo).replace(tzinfo=None) == (
+        moment.replace(tzinfo=None)
+    )
+
+
+def _is_first_pass(local: datetime) -> bool:
+    return local.fold == 0 and _offset(local) != _offset(local.replace(fold=1))
+
+
+def _offset(moment: datetime) -> timedelta:
+    return cast(timedelta, moment.utcoffset())
+
+
+def _transition(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
+    """The instant in (before, after] where the zone's offset changes, to the second."""
+    old = _offset(before.astimezone(tz))
+    lo, hi = int(before.timestamp()), int(after.timestamp())
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _offset(datetime.fromtimestamp(mid, tz)) == old:
+            lo = mid
+        else:
+            hi = mid
+    return datetime.fromtimestamp(hi, UTC)

@@ -1,0 +1,342 @@
+"""The engine: ``tick(now)`` decides and acts once; ``run_forever`` and ``run_once`` loop it.
+
+One tick, in order:
+
+1. refresh workflow files when the refresh interval has passed;
+2. plan the cron fires that are due;
+3. in ONE write transaction: record the cron fires, record every finished execution with its
+   logs and what it releases (children, retry, alert), and claim the queued rows that may start;
+4. after that transaction commits, hand the claimed rows to the executor.
+
+The database is the only source of truth about what is due and queued, so a restart resumes
+exactly: retries are rows with ``not_before``, cron progress is ``phase_state.evaluated_until``.
+The write transaction never spans a subprocess start.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection
+
+from scheduler import dispatcher, planner
+from scheduler import graph as dag
+from scheduler.catalog import Catalog
+from scheduler.clock import Clock
+from scheduler.config import Config
+from scheduler.errors import TomlflowError
+from scheduler.executor import Executor, Launch, Outcome, Result
+from scheduler.followup import FollowUp, after_end
+from scheduler.retry import draw_jitter
+from scheduler.store import history
+from scheduler.store.db import Database
+from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
+from scheduler.validation import PhaseSpec
+
+log = logging.getLogger(__name__)
+
+PhaseKey = tuple[str, str]
+IDLE_POLL = timedelta(seconds=1)  # how often an idle daemon looks for rows queued by others
+_CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
+
+
+@dataclass
+class TickReport:
+    """What one tick did; ``failed`` counts ends that released no retry (errors, alerts)."""
+
+    fired: int = 0
+    finished: int = 0
+    started: int = 0
+    failed: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+class Snapshot:
+    """The phases as of the last refresh, indexed for the engine's lookups."""
+
+    def __init__(self, specs: list[PhaseSpec]) -> None:
+        self.specs = {(s.file_path, s.task): s for s in specs}
+        graph = dag.build(specs)
+        self.children = {
+            key: [self.specs[child] for child in sorted(graph.successors(key))] for key in graph
+        }
+        self.cron = [s for s in specs if s.runnable and s.rule and s.rule.cron is not None]
+
+
+class Engine:
+    """Fires, records and dispatches. Holds no truth the database does not also hold."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        executor: Executor,
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.executor = executor
+        self.clock = clock
+        self.catalog = Catalog(db, config.workflows, clock)
+        self.rng = rng or random.Random()
+        self.workflows = config.workflow_root
+        self._snapshot: Snapshot | None = None
+        self._states: dict[PhaseKey, PhaseState] = {}
+        self._running: dict[int, Execution] = {}
+        self._early: list[Outcome] = []
+        self._next_refresh: datetime | None = None
+        self.refresh_requested = threading.Event()
+
+    # -- the tick ---------------------------------------------------------------------------
+
+    def tick(self, now: datetime, *, fire_cron: bool = True) -> TickReport:
+        """Decide and act once at ``now``."""
+        snapshot = self._refresh_if_due(now)
+        report = TickReport()
+        outcomes, self._early = self._early + self.executor.collect(0), []
+        started = self.executor.started()
+        with self.db.write() as conn:
+            if fire_cron:
+                report.fired = self._fire_cron(conn, snapshot, now)
+            self._record(conn, snapshot, outcomes, started, now, report)
+            launches = self._claim(conn, snapshot, now, report)
+        for launch in launches:
+            self.executor.submit(launch)
+        report.started = len(launches)
+        return report
+
+    def _refresh_if_due(self, now: datetime) -> Snapshot:
+        due = self._next_refresh is None or now >= self._next_refresh
+        if due or self.refresh_requested.is_set() or self._snapshot is None:
+            self.refresh_requested.clear()
+            self._next_refresh = now + self.config.refresh
+            try:
+                changed = self.catalog.refresh().keys
+            except TomlflowError as exc:  # the folder vanished: keep what we have
+                log.error("refresh failed: %s", exc)
+                changed = []
+            if changed or self._snapshot is None:
+                self._snapshot = Snapshot(self.catalog.phases())
+                with self.db.read() as conn:
+                    self._states = history.phase_states(conn)
+        return self._snapshot
+
+    # -- cron -------------------------------------------------------------------------------
+
+    def _fire_cron(self, conn: Connection, snapshot: Snapshot, now: datetime) -> int:
+        paused = history.paused_phases(conn)
+        rows: list[NewExecution] = []
+        states: list[PhaseState] = []
+        for spec in snapshot.cron:
+            key = (spec.file_path, spec.task)
+            state = self._states.get(key)
+            if not _needs_planning(spec, state, key in paused, now, self.config.timezone):
+                continue
+            plan = planner.plan_cron(spec, state, now, self.config.timezone)
+            self._states[key] = plan.state
+            states.append(plan.state)
+            for fire in plan.fires:
+                rows.extend(self._rows_or_error(fire, now))
+        history.save_phase_states(conn, states)
+        return history.insert_executions(conn, rows, now)
+
+    def _rows_or_error(self, fire: planner.Fire, now: datetime) -> list[NewExecution]:
+        try:
+            return planner.rows_for_fire(fire, now, self.workflows)
+        except TomlflowError as exc:  # e.g. an unreadable meta-file: record it, fire nothing
+            log.error("cannot fire %s: %s", fire.spec.task, exc)
+            return [_error_row(fire.spec, now, str(exc))]
+
+    # -- recording ends ---------------------------------------------------------------------
+
+    def _record(
+        self,
+        conn: Connection,
+        snapshot: Snapshot,
+        outcomes: list[Outcome],
+        started: list[tuple[int, int | None, datetime]],
+        now: datetime,
+        report: TickReport,
+    ) -> None:
+        done = {o.execution_id for o in outcomes}
+        history.record_pids(conn, [s for s in started if s[0] not in done])
+        finishes, logs, follow = [], [], FollowUp()
+        for outcome in outcomes:
+            execution = self._running.pop(outcome.execution_id, None)
+            if execution is None:
+                continue
+            finish, released = self._end(execution, outcome, snapshot, now)
+            finishes.append(finish)
+            logs.extend(LogRow(x.execution_id, x.seq, x.ts, x.stream, x.line) for x in outcome.logs)
+            follow.rows.extend(released.rows)
+            follow.alerts.extend(released.alerts)
+            report.statuses[finish.status.value] += 1
+            if finish.status in (Status.ERROR, Status.ALERT) and not released.rows:
+                report.failed += 1
+        history.record_finishes(conn, finishes)
+        history.insert_logs(conn, logs)
+        history.insert_executions(conn, follow.rows, now)
+        history.insert_alerts(conn, follow.alerts, now)
+        report.finished = len(finishes)
+
+    def _end(
+        self, execution: Execution, outcome: Outcome, snapshot: Snapshot, now: datetime
+    ) -> tuple[Finish, FollowUp]:
+        status = Status(outcome.result.value)
+        key = (execution.file_path, execution.task)
+        spec = snapshot.specs.get(key)
+        released = after_end(
+            execution, status, outcome.msg, outcome.meta, spec, snapshot.children.get(key, []),
+            now, draw_jitter(self.rng), self.workflows,
+        )
+        finish = Finish(execution.id, status, outcome.msg, outcome.exit_code, outcome.started_at,
+                        outcome.ended_at, outcome.pid, outcome.meta)
+        return finish, released
+
+    # -- claiming and launching ---------------------------------------------------------------
+
+    def _claim(
+        self, conn: Connection, snapshot: Snapshot, now: datetime, report: TickReport
+    ) -> list[Launch]:
+        free = self.config.max_workers - self.executor.running()
+        if free <= 0:
+            return []
+        candidates = history.queued_ready(conn, now, free + _CANDIDATE_SLACK)
+        unrunnable = [c for c in candidates if not _runnable(snapshot, c)]
+        if unrunnable:
+            self._fail_unrunnable(conn, snapshot, unrunnable, now, report)
+        per_phase = Counter((e.file_path, e.task) for e in self._running.values())
+        chosen = dispatcher.select(
+            (c for c in candidates if _runnable(snapshot, c)),
+            snapshot.specs,
+            dispatcher.Slots(free, per_phase),
+        )
+        history.mark_running(conn, [e.id for e in chosen], now)
+        launches = []
+        for execution in chosen:
+            self._running[execution.id] = execution
+            spec = snapshot.specs[(execution.file_path, execution.task)]
+            launches.append(dispatcher.build_launch(execution, spec, self.config))
+        return launches
+
+    def _fail_unrunnable(
+        self,
+        conn: Connection,
+        snapshot: Snapshot,
+        executions: list[Execution],
+        now: datetime,
+        report: TickReport,
+    ) -> None:
+        finishes = []
+        for execution in executions:
+            spec = snapshot.specs.get((execution.file_path, execution.task))
+            msg = f"phase has errors: {spec.status}" if spec else "phase no longer exists"
+            finishes.append(Finish(execution.id, Status.ERROR, msg, None, now, now))
+            report.statuses[Status.ERROR.value] += 1
+            report.failed += 1
+        history.record_finishes(conn, finishes)
+
+    # -- waiting and looping ------------------------------------------------------------------
+
+    def next_wakeup(self, now: datetime) -> datetime:
+        """When something may next be due: a cron fire, a queued row, a refresh, or a poll."""
+        candidates = [now + IDLE_POLL]
+        if self._next_refresh is not None:
+            candidates.append(self._next_refresh)
+        candidates.extend(s.next_fire for s in self._states.values() if s.next_fire)
+        with self.db.read() as conn:
+            queued = history.next_queued_time(conn)
+        if queued is not None:
+            candidates.append(queued)
+        return max(now, min(candidates))
+
+    def wait(self, until: datetime) -> None:
+        """Sleep until ``until``, waking early when an execution finishes."""
+        seconds = (until - self.clock.now()).total_seconds()
+        if seconds <= 0:
+            return
+        if self.executor.running():
+            # Outcomes that arrive while waiting are kept for the next tick to record.
+            self._early.extend(self.executor.collect(seconds))
+        else:
+            self.clock.sleep(seconds)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Tick until ``stop`` is set; then stop the executor within the shutdown grace."""
+        while not stop.is_set():
+            now = self.clock.now()
+            self.tick(now)
+            self.wait(self.next_wakeup(self.clock.now()))
+        self.shutdown()
+
+    def run_once(self) -> TickReport:
+        """Fire what is due now, then run everything queued (children, retries) to the end."""
+        total = TickReport()
+        first = True
+        while True:
+            report = self.tick(self.clock.now(), fire_cron=first)
+            first = False
+            _add(total, report)
+            if self._idle() and self._queue_empty():
+                return total
+            self.wait(self.next_wakeup(self.clock.now()))
+
+    def _idle(self) -> bool:
+        """Nothing running and no outcome left uncollected (kept for the next tick if any)."""
+        if self.executor.running():
+            return False
+        self._early.extend(self.executor.collect(0))
+        return not self._early and not self._running
+
+    def _queue_empty(self) -> bool:
+        with self.db.read() as conn:
+            return history.next_queued_time(conn) is None
+
+    def shutdown(self) -> None:
+        """Give running executions the grace period, then record them cancelled."""
+        grace = self.config.shutdown_grace.total_seconds()
+        outcomes, self._early = self._early + self.executor.shutdown(grace), []
+        if outcomes and self._snapshot is not None:
+            with self.db.write() as conn:
+                self._record(conn, self._snapshot, outcomes, [], self.clock.now(), TickReport())
+
+
+def _needs_planning(
+    spec: PhaseSpec, state: PhaseState | None, paused: bool, now: datetime, default_tz: str
+) -> bool:
+    if state is None or state.cron != planner.signature(spec, default_tz):
+        return True
+    if paused:
+        return False
+    return state.next_fire is None or state.next_fire <= now
+
+
+def _runnable(snapshot: Snapshot, execution: Execution) -> bool:
+    spec = snapshot.specs.get((execution.file_path, execution.task))
+    return spec is not None and spec.runnable
+
+
+def _error_row(spec: PhaseSpec, now: datetime, msg: str) -> NewExecution:
+    return NewExecution(
+        task_id="", file_path=spec.file_path, task=spec.task, task_time=None,
+        trigger=history.Trigger.CRON, info=spec.template, meta={}, not_before=now,
+        status=Status.ERROR, msg=msg,
+    )
+
+
+def _add(total: TickReport, report: TickReport) -> None:
+    total.fired += report.fired
+    total.finished += report.finished
+    total.started += report.started
+    total.failed += report.failed
+    total.statuses.update(report.statuses)
+
+
+__all__ = ["Engine", "Result", "TickReport"]

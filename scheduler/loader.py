@@ -1,0 +1,180 @@
+"""Workflow files → phase specs.
+
+A workflow path is a file or a folder; a folder is read recursively and only ``*.toml`` files are
+workflows. Each file holds ``[[phase]]`` tables whose table and key names match case-insensitively
+(``[[Phase]]``, ``dependsOn``, ``depends_on``), as flowlord reads them. Reading never raises for bad
+content: a file that cannot be parsed becomes a ``FileLoad`` with ``error`` set, and a phase with
+bad values gets its problems from ``validation``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from scheduler.rules import query_pairs
+
+# Phase keys, normalised: lower case with "_" removed, mapped to our field names.
+_PHASE_KEYS = {
+    "task": "task",
+    "rule": "rule",
+    "dependson": "depends_on",
+    "retry": "retry",
+    "template": "template",
+}
+
+
+@dataclass(frozen=True)
+class RawPhase:
+    """One ``[[phase]]`` table as written, before validation."""
+
+    task: str = ""
+    rule: str = ""
+    depends_on: str = ""
+    retry: int = 0
+    template: str = ""
+    problems: tuple[str, ...] = ()  # bad values: errors
+    unknown_keys: tuple[str, ...] = ()  # warnings
+
+
+@dataclass(frozen=True)
+class FileLoad:
+    """What reading one workflow file gave: its phases, or the error that stopped it."""
+
+    file_path: str  # the key: relative to the workflow folder, "/" separators
+    file_hash: str  # md5 hex of the bytes ("" when unreadable)
+    last_modified: datetime | None
+    phases: tuple[RawPhase, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class WorkflowSource:
+    """Where workflows live: a folder (read recursively) or a single file."""
+
+    path: Path
+    is_dir: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_dir", self.path.is_dir())
+
+    def files(self) -> dict[str, Path]:
+        """Every workflow file now present, by key, in key order."""
+        if not self.is_dir:
+            return {self.path.name: self.path} if self.path.exists() else {}
+        found = {file_key(self.path, p): p for p in _walk_toml(self.path)}
+        return dict(sorted(found.items()))
+
+
+def _walk_toml(root: Path) -> Iterator[Path]:
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.endswith(".toml") and not name.startswith("."):
+                yield Path(folder, name)
+
+
+def file_key(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
+    """The key of ``path`` under the workflow path ``root``: ``./path`` + ``./path/sub/f.toml`` →
+    ``sub/f.toml``. Where ``root``'s segments appear inside ``path`` (an embedded root, as
+    flowlord allows), the key is what follows their last appearance; else the base name."""
+    root_parts = _segments(root)
+    parts = _segments(path)
+    width = len(root_parts)
+    for start in range(len(parts) - width, -1, -1):
+        if parts[start : start + width] == root_parts:
+            rest = parts[start + width :]
+            return "/".join(rest) if rest else parts[-1]
+    return parts[-1] if parts else ""
+
+
+def _segments(path: str | os.PathLike[str]) -> list[str]:
+    text = os.path.normpath(os.fspath(path)).replace(os.sep, "/")
+    return [part for part in PurePosixPath(text).parts if part not in (".", "/")]
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def read_source(path: Path) -> tuple[bytes, datetime]:
+    """A workflow file's bytes and modification time (UTC); raises OSError."""
+    data = path.read_bytes()
+    return data, datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+def parse_bytes(key: str, data: bytes, modified: datetime | None = None) -> FileLoad:
+    """Parse a workflow file's bytes. Never raises: problems land in ``error``."""
+    digest = md5_hex(data)
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return FileLoad(key, digest, modified, error=f"not UTF-8 text: byte {exc.start}")
+    except tomllib.TOMLDecodeError as exc:
+        return FileLoad(key, digest, modified, error=f"invalid TOML: {exc}")
+    # [[phase]] and [[Phase]] are two keys to TOML but one table name to flowlord: join them.
+    arrays = [value for name, value in document.items() if name.lower() == "phase"]
+    if not all(_is_table_array(value) for value in arrays):
+        return FileLoad(key, digest, modified, error="'phase' must be an array of tables")
+    phases = tuple(read_phase(table) for array in arrays for table in array if table)
+    return FileLoad(key, digest, modified, phases=phases)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def read_phase(table: dict[str, Any]) -> RawPhase:
+    """One ``[[phase]]`` table → RawPhase, keys matched case-insensitively."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    unknown: list[str] = []
+    for key, value in table.items():
+        name = _PHASE_KEYS.get(key.lower().replace("_", ""))
+        if name is None:
+            unknown.append(key)
+        elif name in values:
+            problems.append(f"duplicate key: {key}")
+        elif not _type_ok(name, value):
+            problems.append(_type_problem(key, name, value))
+        else:
+            values[name] = value
+    if not values.get("task"):
+        problems.append("missing key: task")
+    values["task"] = normalise_task(values.get("task", ""), values.get("rule", ""))
+    return RawPhase(**values, problems=tuple(problems), unknown_keys=tuple(unknown))
+
+
+def _type_ok(name: str, value: Any) -> bool:
+    if name == "retry":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, str)
+
+
+def _type_problem(key: str, name: str, value: Any) -> str:
+    want = "a whole number of at least 0" if name == "retry" else "a string"
+    return f"invalid value: {key}={value!r} (want {want})"
+
+
+def normalise_task(task: str, rule: str) -> str:
+    """``topic:job`` when there is a job (from ``task`` or the rule's ``job``), else ``topic``."""
+    topic, sep, job = task.partition(":")
+    if sep:
+        return f"{topic}:{job}"
+    job = rule_job(rule)
+    return f"{topic}:{job}" if job else topic
+
+
+def rule_job(rule: str) -> str:
+    """The rule's ``job`` value, or "" (also for a rule too broken to read)."""
+    try:
+        pairs = query_pairs(rule)
+    except ValueError:
+        return ""
+    return next((value for key, value in pairs if key == "job"), "")

@@ -1,0 +1,130 @@
+"""What to queue, decided from phases, their scheduling state and ``now``. Pure: no I/O but
+reading a rule's meta-file.
+
+A cron phase seen for the first time starts its schedule at that moment, as cron does: its state
+records ``evaluated_until = now`` and only later fire times count. A changed schedule (cron or
+zone) starts again the same way, so an edit never fires a phantom run for a time the old
+schedule never had. Missed times after downtime follow the phase's catch-up policy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from scheduler import batch, templates, timing
+from scheduler.store.history import NewExecution, PhaseState, Trigger
+from scheduler.tasktime import cron_stamp, iso, task_time_for_fire
+from scheduler.validation import PhaseSpec
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One scheduled time of one cron phase that is due."""
+
+    spec: PhaseSpec
+    scheduled: datetime
+
+
+@dataclass(frozen=True)
+class CronPlan:
+    fires: list[Fire]
+    state: PhaseState
+
+
+def zone_of(spec: PhaseSpec, default_tz: str) -> ZoneInfo:
+    assert spec.rule is not None
+    return ZoneInfo(spec.rule.tz or default_tz)
+
+
+def signature(spec: PhaseSpec, default_tz: str) -> str:
+    """What identifies a phase's schedule: a change of it restarts the schedule."""
+    assert spec.rule is not None and spec.rule.cron is not None
+    return f"{spec.rule.cron.expr}|{spec.rule.tz or default_tz}"
+
+
+def plan_cron(
+    spec: PhaseSpec, state: PhaseState | None, now: datetime, default_tz: str
+) -> CronPlan:
+    """Fires due for one runnable cron phase, and its state after them."""
+    assert spec.rule is not None and spec.rule.cron is not None
+    schedule, tz, sig = spec.rule.cron, zone_of(spec, default_tz), signature(spec, default_tz)
+    if state is None or state.cron != sig:
+        first_seen = state.first_seen if state else now
+        fresh = PhaseState(spec.file_path, spec.task, first_seen, now, sig,
+                           timing.next_fire(schedule, tz, now), state.paused if state else False)
+        return CronPlan([], fresh)
+    if state.paused:
+        return CronPlan([], state)
+    due = timing.due_times(schedule, tz, state.evaluated_until, now, spec.rule.catchup)
+    after = replace(state, evaluated_until=now, next_fire=timing.next_fire(schedule, tz, now))
+    return CronPlan([Fire(spec, t) for t in due], after)
+
+
+def base_meta(spec: PhaseSpec, inherited: dict[str, str] | None = None) -> dict[str, str]:
+    """flowlord's task meta: ``workflow`` and ``job`` of this phase over what it inherits."""
+    meta = dict(inherited or {})
+    meta["workflow"] = spec.file_path
+    if spec.job:
+        meta["job"] = spec.job
+    else:
+        meta.pop("job", None)
+    return meta
+
+
+def new_rows(
+    spec: PhaseSpec,
+    task_time: datetime | None,
+    meta: dict[str, str],
+    trigger: Trigger,
+    now: datetime,
+    workflows: Path,
+    *,
+    task_id: str | None = None,
+    parent_execution_id: int | None = None,
+    fire_key: str | None = None,
+) -> list[NewExecution]:
+    """Queued rows for one firing of ``spec``: one per batch item (one when it is no batch).
+
+    The template is rendered here, with the meta the row will carry, so ``info`` is fixed when
+    the row is queued and a retry runs exactly what the first attempt ran.
+    """
+    assert spec.rule is not None
+    chain = task_id or uuid.uuid4().hex
+    items = (
+        batch.for_rule(spec.rule, task_time, (workflows / spec.file_path).parent)
+        if task_time is not None
+        else [batch.BatchItem(now, {})]
+    )
+    rows = []
+    for index, item in enumerate(items):
+        when = item.task_time if task_time is not None else None
+        row_meta = {**meta, **item.meta}
+        rows.append(
+            NewExecution(
+                task_id=chain,
+                file_path=spec.file_path,
+                task=spec.task,
+                task_time=when,
+                trigger=trigger,
+                info=templates.render(spec.template, when, row_meta),
+                meta=row_meta,
+                not_before=now,
+                parent_execution_id=parent_execution_id,
+                fire_key=f"{fire_key}#{index}" if fire_key else None,
+            )
+        )
+    return rows
+
+
+def rows_for_fire(fire: Fire, now: datetime, workflows: Path) -> list[NewExecution]:
+    """The queued rows of a cron fire: task time = scheduled time + offset."""
+    assert fire.spec.rule is not None
+    task_time = task_time_for_fire(fire.scheduled, fire.spec.rule.offset)
+    meta = base_meta(fire.spec)
+    meta["cron"] = cron_stamp(task_time)
+    return new_rows(fire.spec, task_time, meta, Trigger.CRON, now, workflows,
+                    fire_key=iso(fire.scheduled))

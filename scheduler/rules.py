@@ -1,0 +1,216 @@
+"""A phase's rule: a URL query string (``cron=0 5 * * *&offset=-24h``) parsed into a frozen Rule.
+
+Parsing is strict, as flowlord's: a ``;`` or a bad ``%`` escape makes the whole rule invalid.
+Keys flowlord knows are read the way it reads them; ``tz``, ``timeout``, ``retry_backoff``,
+``retry_max_delay``, ``concurrency`` and ``catchup`` are ours (flowlord ignores unknown keys, so
+files stay portable). Any other key is kept out of the Rule and listed in ``Rule.unknown`` so the
+loader can report it as a warning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from urllib.parse import unquote_plus
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from scheduler.cron import CronSchedule, parse_cron
+from scheduler.durations import parse_duration
+from scheduler.errors import CronError, DurationError, RuleError
+from scheduler.retry import Backoff
+from scheduler.timing import Catchup
+
+DEFAULT_RETRY_DELAY = timedelta(seconds=1)
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_META_TOKEN = re.compile(r"\{meta:([^{}]+)\}", re.IGNORECASE)
+_Reader = Callable[[list[str]], dict[str, object]]
+
+
+class BatchBy(StrEnum):
+    """The step of a batch rule (``by=``)."""
+
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Everything a rule says, typed. Built only by ``parse_rule``."""
+
+    text: str = ""
+    cron: CronSchedule | None = None
+    offset: timedelta = timedelta(0)
+    job: str = ""
+    retry_delay: timedelta = DEFAULT_RETRY_DELAY
+    retry_backoff: Backoff = Backoff.FIXED
+    retry_max_delay: timedelta | None = None
+    no_alert: bool = False
+    require: tuple[str, ...] = ()
+    files: str = ""
+    batch_for: timedelta | None = None
+    batch_by: BatchBy = BatchBy.DAY
+    meta: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    meta_file: str = ""
+    tz: str = ""
+    timeout: timedelta | None = None
+    concurrency: int | None = None
+    catchup: Catchup = Catchup.LATEST
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def is_batch(self) -> bool:
+        return self.batch_for is not None or bool(self.meta) or bool(self.meta_file)
+
+    def meta_rows(self) -> list[dict[str, str]]:
+        """The ``meta=name:a,b|value:1,2`` batch as one dict per index (empty when no meta)."""
+        if not self.meta:
+            return []
+        width = len(self.meta[0][1])
+        return [{key: values[i] for key, values in self.meta} for i in range(width)]
+
+
+def query_pairs(text: str) -> list[tuple[str, str]]:
+    """Split a query string the strict way; raises ValueError on ``;`` or a bad ``%`` escape."""
+    pairs = []
+    for part in text.split("&"):
+        if not part:
+            continue
+        if ";" in part:
+            raise ValueError("semicolon separator")
+        key, _, value = part.partition("=")
+        if _BAD_ESCAPE.search(key) or _BAD_ESCAPE.search(value):
+            raise ValueError("bad % escape")
+        pairs.append((unquote_plus(key), unquote_plus(value)))
+    return pairs
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse a rule string; raises RuleError whose ``status`` is the workflow_phases message."""
+    try:
+        pairs = query_pairs(text)
+    except ValueError:
+        raise RuleError(f"invalid rule format: {text}") from None
+    values: dict[str, list[str]] = {}
+    for key, value in pairs:
+        values.setdefault(key, []).append(value)
+    unknown = tuple(key for key in values if key not in _READERS)
+    fields: dict[str, object] = {"text": text, "unknown": unknown}
+    for key, read in _READERS.items():
+        if key in values:
+            fields.update(read(values[key]))
+    _check_batch(text, values)
+    return Rule(**fields)  # type: ignore[arg-type]
+
+
+def _first(values: list[str]) -> str:
+    return values[0]
+
+
+def _duration(key: str, value: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except DurationError:
+        raise RuleError(f"invalid duration: {key}={value}") from None
+
+
+def _positive_duration(key: str, value: str) -> timedelta:
+    delta = _duration(key, value)
+    if delta <= timedelta(0):
+        raise RuleError(f"invalid duration: {key}={value}")
+    return delta
+
+
+def _bad_value(key: str, value: str, reason: str) -> RuleError:
+    return RuleError(f"invalid rule value: {key}={value} ({reason})")
+
+
+def _read_cron(values: list[str]) -> dict[str, object]:
+    expr = _first(values)
+    try:
+        return {"cron": parse_cron(expr)}
+    except CronError as exc:
+        raise RuleError(str(exc)) from None
+
+
+def _read_enum(key: str, field: str, enum: type[StrEnum]) -> _Reader:
+    def read(values: list[str]) -> dict[str, object]:
+        value = _first(values)
+        try:
+            return {field: enum(value.lower())}
+        except ValueError:
+            choices = ", ".join(member.value for member in enum)
+            raise _bad_value(key, value, f"want one of {choices}") from None
+
+    return read
+
+
+def _read_tz(values: list[str]) -> dict[str, object]:
+    value = _first(values)
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _bad_value("tz", value, "unknown time zone") from None
+    return {"tz": value}
+
+
+def _read_concurrency(values: list[str]) -> dict[str, object]:
+    value = _first(values)
+    if not value.isdigit() or int(value) < 1:
+        raise _bad_value("concurrency", value, "want a whole number of at least 1")
+    return {"concurrency": int(value)}
+
+
+def _read_require(values: list[str]) -> dict[str, object]:
+    keys: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            named = _META_TOKEN.findall(item)
+            keys.extend(named if named else [item] if item else [])
+    return {"require": tuple(keys)}
+
+
+def _read_meta(values: list[str]) -> dict[str, object]:
+    value = _first(values)
+    columns: list[tuple[str, tuple[str, ...]]] = []
+    for column in value.split("|"):
+        name, sep, items = column.partition(":")
+        if not sep or not name:
+            raise _bad_value("meta", value, "want name:a,b|other:1,2")
+        columns.append((name, tuple(items.split(","))))
+    if len({len(items) for _, items in columns}) > 1:
+        raise _bad_value("meta", value, "lists differ in length")
+    return {"meta": tuple(columns)}
+
+
+def _check_batch(text: str, values: dict[str, list[str]]) -> None:
+    if "meta" in values and "meta-file" in values:
+        raise RuleError(f"invalid rule value: meta and meta-file together in {text}")
+
+
+_READERS: dict[str, _Reader] = {
+    "cron": _read_cron,
+    "offset": lambda v: {"offset": _duration("offset", _first(v))},
+    "job": lambda v: {"job": _first(v)},
+    "retry_delay": lambda v: {"retry_delay": _duration("retry_delay", _first(v))},
+    "retry_backoff": _read_enum("retry_backoff", "retry_backoff", Backoff),
+    "retry_max_delay": lambda v: {
+        "retry_max_delay": _positive_duration("retry_max_delay", _first(v))
+    },
+    "no_alert": lambda v: {"no_alert": True},
+    "require": _read_require,
+    "files": lambda v: {"files": _first(v)},
+    "for": lambda v: {"batch_for": _duration("for", _first(v))},
+    "by": _read_enum("by", "batch_by", BatchBy),
+    "meta": _read_meta,
+    "meta-file": lambda v: {"meta_file": _first(v)},
+    "tz": _read_tz,
+    "timeout": lambda v: {"timeout": _positive_duration("timeout", _first(v))},
+    "concurrency": _read_concurrency,
+    "catchup": _read_enum("catchup", "catchup", Catchup),
+}

@@ -1,0 +1,135 @@
+"""The one doorway to the database: opening, migrating, and short transactions.
+
+SQLite gets WAL, ``synchronous=NORMAL`` and a busy timeout, and every write transaction starts
+with ``BEGIN IMMEDIATE``: a deferred transaction that later upgrades to a write fails with
+"database is locked" whatever the timeout. Other backends use their own default transactions,
+through the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+from scheduler.errors import StoreError
+from scheduler.store import schema
+from scheduler.tasktime import iso
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 30_000
+_BEGIN_MODE = "tomlflow_begin"
+
+Migration = Callable[[Connection], None]
+
+
+def _create_v1(conn: Connection) -> None:
+    schema.metadata.create_all(conn)
+
+
+def _create_views(conn: Connection) -> None:
+    from scheduler.store import views  # views are defined next to their SQL
+
+    views.create_all(conn)
+
+
+# Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
+MIGRATIONS: list[Migration] = [_create_v1, _create_views]
+
+
+class Database:
+    """An open database: an engine plus the transaction doorway every write goes through."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if migrate:
+            self.migrate()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One short write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success."""
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+                with conn.begin():
+                    yield conn
+        except DBAPIError as exc:
+            raise StoreError(self.url, _reason(exc)) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction: one consistent snapshot for the queries inside it."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except DBAPIError as exc:
+            raise StoreError(self.url, _reason(exc)) from exc
+
+    def version(self) -> int:
+        with self.read() as conn:
+            if not self.engine.dialect.has_table(conn, "schema_version"):
+                return 0
+            return int(conn.scalar(select(func.max(schema.schema_version.c.version))) or 0)
+
+    def migrate(self) -> int:
+        """Bring the schema to the newest version, one step per transaction; return it."""
+        current = self.version()
+        if current > len(MIGRATIONS):
+            raise StoreError(self.url, f"schema version {current} is newer than this tomlflow")
+        for number in range(current + 1, len(MIGRATIONS) + 1):
+            with self.write() as conn:
+                MIGRATIONS[number - 1](conn)
+                conn.execute(
+                    schema.schema_version.insert().values(
+                        version=number, applied_at=iso(datetime.now(UTC))
+                    )
+                )
+            log.info("database %s migrated to schema version %d", self.url, number)
+        return len(MIGRATIONS)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+        engine = create_engine(parsed)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise StoreError(url, f"cannot use this URL: {exc}") from exc
+    except ImportError as exc:
+        raise StoreError(url, f"driver not installed: {exc.name}") from exc
+    if engine.dialect.name == "sqlite":
+        _prepare_sqlite(engine)
+    return engine
+
+
+def _prepare_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN, instead of the driver's own guess.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _reason(exc: DBAPIError) -> str:
+    return str(exc.orig).splitlines()[0] if exc.orig else str(exc).splitlines()[0]

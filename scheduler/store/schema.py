@@ -1,0 +1,132 @@
+"""The public schema: tables users query with SQL. Names and meanings are a contract.
+
+Columns may be added, never renamed. Timestamps are UTC ISO 8601 text of one fixed width
+(``2024-01-02T13:00:00.000000Z``), so they sort and compare correctly as text on every backend.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+workflow_files = Table(
+    "workflow_files",
+    metadata,
+    Column("file_path", String(1024), primary_key=True),
+    Column("file_hash", String(32), nullable=False),
+    Column("loaded_at", String(32)),
+    Column("last_modified", String(32)),
+    Column("error", Text, nullable=False, server_default=""),
+)
+
+workflow_phases = Table(
+    "workflow_phases",
+    metadata,
+    Column("file_path", String(1024), nullable=False),
+    Column("task", String(512), nullable=False),
+    Column("depends_on", String(512), nullable=False, server_default=""),
+    Column("rule", Text, nullable=False, server_default=""),
+    Column("template", Text, nullable=False, server_default=""),
+    Column("retry", Integer, nullable=False, server_default="0"),
+    Column("status", Text, nullable=False, server_default=""),
+    # ok | warning | error: whether the status stops the phase (errors do, warnings don't).
+    Column("severity", String(16), nullable=False, server_default="ok"),
+    PrimaryKeyConstraint("file_path", "task"),
+    Index("ix_workflow_phases_task", "task"),
+    Index("ix_workflow_phases_depends_on", "depends_on"),
+    Index("ix_workflow_phases_status", "status"),
+)
+
+# Scheduling state per phase. Kept apart from workflow_phases, whose rows are replaced whenever
+# their file changes, so that editing a file never forgets how far a cron has been evaluated.
+phase_state = Table(
+    "phase_state",
+    metadata,
+    Column("file_path", String(1024), nullable=False),
+    Column("task", String(512), nullable=False),
+    Column("first_seen", String(32), nullable=False),
+    Column("evaluated_until", String(32), nullable=False),
+    Column("cron", Text, nullable=False, server_default=""),
+    Column("next_fire", String(32)),
+    Column("paused", Integer, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("file_path", "task"),
+)
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(64), nullable=False),
+    Column("file_path", String(1024), nullable=False),
+    Column("task", String(512), nullable=False),
+    Column("topic", String(512), nullable=False),
+    Column("job", String(512), nullable=False, server_default=""),
+    Column("task_time", String(32)),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Column("trigger", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("info", Text, nullable=False, server_default=""),
+    Column("meta", Text, nullable=False, server_default="{}"),
+    Column("msg", Text, nullable=False, server_default=""),
+    Column("exit_code", Integer),
+    Column("created_at", String(32), nullable=False),
+    Column("started_at", String(32)),
+    Column("ended_at", String(32)),
+    Column("not_before", String(32), nullable=False),
+    Column("parent_execution_id", Integer),
+    Column("pid", Integer),
+    # Set on a cron fire only ("<scheduled time>#<batch index>"), so that one phase's fire for one
+    # scheduled time is inserted once, however often the scheduler restarts or races.
+    Column("fire_key", String(64)),
+    UniqueConstraint("file_path", "task", "fire_key", name="uq_executions_fire"),
+    Index("ix_executions_status_not_before", "status", "not_before"),
+    Index("ix_executions_task_created", "task", "created_at"),
+    Index("ix_executions_task_id", "task_id"),
+    Index("ix_executions_parent", "parent_execution_id"),
+    Index("ix_executions_created", "created_at"),
+)
+
+execution_logs = Table(
+    "execution_logs",
+    metadata,
+    Column("execution_id", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("ts", String(32), nullable=False),
+    Column("stream", String(8), nullable=False),
+    Column("line", Text, nullable=False),
+    PrimaryKeyConstraint("execution_id", "seq"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("execution_id", Integer),
+    Column("task_id", String(64), nullable=False, server_default=""),
+    Column("file_path", String(1024), nullable=False, server_default=""),
+    Column("task", String(512), nullable=False),
+    Column("task_time", String(32)),
+    Column("kind", String(16), nullable=False),  # failed | alert
+    Column("msg", Text, nullable=False, server_default=""),
+    Column("created_at", String(32), nullable=False),
+    Column("notified_at", String(32)),
+    Index("ix_alerts_created", "created_at"),
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", String(32), nullable=False),
+)

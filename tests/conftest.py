@@ -1,0 +1,69 @@
+"""Shared fixtures: a workflow folder builder, a database, and a clock the test controls."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from scheduler.catalog import Catalog
+from scheduler.store.db import Database
+
+
+class ManualClock:
+    """A clock that moves only when the test says so (``sleep`` moves it too)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.current = start
+
+    def now(self) -> datetime:
+        return self.current
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(timedelta(seconds=seconds))
+
+    def advance(self, delta: timedelta) -> None:
+        self.current += delta
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(datetime(2024, 1, 2, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def workflow_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    return folder
+
+
+WriteWorkflow = Callable[[str, str], Path]
+
+
+@pytest.fixture
+def write_workflow(workflow_dir: Path) -> WriteWorkflow:
+    """Write ``text`` (dedented) to ``workflow_dir/name``, creating sub-folders."""
+
+    def write(name: str, text: str) -> Path:
+        path = workflow_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'tomlflow.db'}")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def catalog(db: Database, workflow_dir: Path, clock: ManualClock) -> Catalog:
+    return Catalog(db, workflow_dir, clock)

@@ -1,0 +1,495 @@
+"""Executors against real processes (``sys.executable -c ...``) and real threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from scheduler.errors import ExecutorError
+from scheduler.executor import (
+    InProcessExecutor,
+    Launch,
+    LocalExecutor,
+    Outcome,
+    Reply,
+    Result,
+)
+
+T0 = datetime(2024, 3, 31, 1, 30, tzinfo=UTC)
+PY = sys.executable
+
+
+def clock() -> datetime:
+    return T0
+
+
+def launch(execution_id: int = 1, command: Sequence[str] | str = (), **kw: object) -> Launch:
+    fields: dict[str, object] = {
+        "task_id": "chain-1",
+        "topic": "ingest",
+        "job": "daily",
+        "info": "ingest?day=2024-03-31",
+        "task_time": T0,
+        "attempt": 2,
+        "meta": {"file": "a b.csv"},
+    }
+    fields.update(kw)
+    return Launch(execution_id, command=command, **fields)  # type: ignore[arg-type]
+
+
+def py(code: str, execution_id: int = 1, **kw: object) -> Launch:
+    return launch(execution_id, [PY, "-c", code], **kw)
+
+
+@pytest.fixture
+def local() -> Iterator[LocalExecutor]:
+    executor = LocalExecutor(max_workers=4, now=clock, kill_grace=0.3)
+    yield executor
+    executor.shutdown(grace=0)
+
+
+def run_one(executor: LocalExecutor | InProcessExecutor, item: Launch) -> Outcome:
+    executor.submit(item)
+    outcomes = executor.collect(timeout=10)
+    assert [o.execution_id for o in outcomes] == [item.execution_id]
+    return outcomes[0]
+
+
+def lines(outcome: Outcome, stream: str | None = None) -> list[str]:
+    return [log.line for log in outcome.logs if stream in (None, log.stream)]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie awaiting its reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_gone(pid: int, within: float = 2.0) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# --- results from exit codes and signals ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "result", "msg", "exit_code"),
+    [
+        ("pass", Result.COMPLETE, "", 0),
+        (
+            "import sys; sys.stderr.write('first\\nlast\\n\\n'); sys.exit(1)",
+            Result.ERROR,
+            "exit code 1: last",
+            1,
+        ),
+        ("raise SystemExit(3)", Result.ERROR, "exit code 3", 3),
+        ("import os; os.kill(os.getpid(), 9)", Result.ERROR, "killed by signal 9", -9),
+    ],
+)
+def test_exit_status_decides_result(
+    local: LocalExecutor, code: str, result: Result, msg: str, exit_code: int
+) -> None:
+    outcome = run_one(local, py(code))
+
+    assert (outcome.result, outcome.msg, outcome.exit_code) == (result, msg, exit_code)
+
+
+def test_output_lines_are_logged_in_order_with_clock_times(local: LocalExecutor) -> None:
+    code = "import sys; print('out 1'); print('out 2', flush=True); sys.stderr.write('err')"
+
+    outcome = run_one(local, py(code, execution_id=7))
+
+    assert sorted(lines(outcome)) == ["err", "out 1", "out 2"]
+    assert lines(outcome, "stdout") == ["out 1", "out 2"]
+    assert [log.seq for log in outcome.logs] == [1, 2, 3]
+    assert {(log.execution_id, log.ts) for log in outcome.logs} == {(7, T0)}
+    assert (outcome.started_at, outcome.ended_at) == (T0, T0)
+
+
+def test_undecodable_bytes_are_replaced(local: LocalExecutor) -> None:
+    outcome = run_one(local, py("import sys; sys.stdout.buffer.write(b'a\\xffb\\r\\n')"))
+
+    assert lines(outcome) == ["a\ufffdb"]
+
+
+# --- __WF_EVENT__ ----------------------------------------------------------------------------
+
+
+def test_events_set_result_msg_and_merged_meta(local: LocalExecutor) -> None:
+    code = (
+        "import sys\n"
+        'print(\'__WF_EVENT__:{"meta": {"file": "a.csv", "rows": 3}}\')\n'
+        'sys.stderr.write(\'__WF_EVENT__:{"result": "warn", "msg": "late", '
+        '"meta": {"file": "b.csv"}}\\n\')\n'
+        "sys.exit(4)\n"
+    )
+
+    outcome = run_one(local, py(code))
+
+    assert (outcome.result, outcome.msg, outcome.exit_code) == (Result.WARN, "late", 4)
+    assert outcome.meta == {"file": "b.csv", "rows": "3"}
+
+
+def test_event_msg_without_result_keeps_exit_rule(local: LocalExecutor) -> None:
+    code = 'print(\'__WF_EVENT__:{"msg": "hi"}\'); raise SystemExit(2)'
+
+    outcome = run_one(local, py(code))
+
+    assert (outcome.result, outcome.msg) == (Result.ERROR, "exit code 2")
+
+
+@pytest.mark.parametrize(
+    ("payload", "warning"),
+    [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"result": "great"}', "unknown result 'great'"),
+        ('{"meta": "x"}', "meta is not an object"),
+    ],
+)
+def test_bad_event_is_logged_with_warning_not_fatal(
+    local: LocalExecutor, payload: str, warning: str
+) -> None:
+    outcome = run_one(local, py(f"print({'__WF_EVENT__:' + payload!r})"))
+
+    assert outcome.result is Result.COMPLETE
+    assert lines(outcome, "stdout") == ["__WF_EVENT__:" + payload]
+    [system] = lines(outcome, "system")
+    assert warning in system
+
+
+def test_log_cap_truncates_but_still_drains_and_honours_events() -> None:
+    executor = LocalExecutor(max_workers=1, now=clock, log_cap=5)
+    code = (
+        "for i in range(200_000): print(i)\n"
+        'print(\'__WF_EVENT__:{"result": "alert", "msg": "done"}\')\n'
+    )
+    try:
+        outcome = run_one(executor, py(code))
+    finally:
+        executor.shutdown(grace=0)
+
+    assert (outcome.result, outcome.msg) == (Result.ALERT, "done")
+    assert lines(outcome) == ["0", "1", "2", "3", "4", "... output truncated after 5 lines"]
+    assert outcome.logs[-1].stream == "system"
+
+
+# --- environment, shell, start failures ----------------------------------------------------
+
+
+def test_environment_carries_launch_identity_and_meta(local: LocalExecutor) -> None:
+    code = (
+        "import os, json\n"
+        "print(json.dumps({k: v for k, v in os.environ.items()"
+        " if k.startswith('TOMLFLOW_') or k == 'EXTRA'}))\n"
+    )
+
+    outcome = run_one(local, py(code, execution_id=42, env={"EXTRA": "x"}))
+
+    env = json.loads(lines(outcome, "stdout")[0])
+    assert json.loads(env.pop("TOMLFLOW_META")) == {"file": "a b.csv"}
+    assert env == {
+        "EXTRA": "x",
+        "TOMLFLOW_EXECUTION_ID": "42",
+        "TOMLFLOW_TASK_ID": "chain-1",
+        "TOMLFLOW_TOPIC": "ingest",
+        "TOMLFLOW_JOB": "daily",
+        "TOMLFLOW_INFO": "ingest?day=2024-03-31",
+        "TOMLFLOW_TASK_TIME": "2024-03-31T01:30:00+00:00",
+        "TOMLFLOW_ATTEMPT": "2",
+    }
+
+
+def test_task_time_absent_is_empty(local: LocalExecutor) -> None:
+    code = "import os; print(repr(os.environ['TOMLFLOW_TASK_TIME']))"
+
+    outcome = run_one(local, py(code, task_time=None))
+
+    assert lines(outcome) == ["''"]
+
+
+def test_argv_is_not_interpreted_by_a_shell(local: LocalExecutor) -> None:
+    argv = [PY, "-c", "import sys; print(sys.argv[1])", "a; echo injected $HOME"]
+
+    outcome = run_one(local, launch(1, argv))
+
+    assert lines(outcome) == ["a; echo injected $HOME"]
+
+
+def test_shell_true_runs_through_the_shell(local: LocalExecutor) -> None:
+    outcome = run_one(local, launch(1, "echo a; echo b >&2; exit 5", shell=True))
+
+    assert lines(outcome, "stdout") == ["a"]
+    assert (outcome.result, outcome.msg) == (Result.ERROR, "exit code 5: b")
+
+
+def test_string_without_shell_is_split_like_a_command_line(local: LocalExecutor) -> None:
+    command = f"{PY} -c 'import sys; print(sys.argv[1:])' 'x y' ';'"
+
+    outcome = run_one(local, launch(1, command))
+
+    assert lines(outcome) == ["['x y', ';']"]
+
+
+@pytest.mark.parametrize(
+    ("command", "cwd", "msg"),
+    [
+        (["no-such-program-xyz", "a"], None, "command not found: no-such-program-xyz"),
+        ([], None, "empty command"),
+        ("   ", None, "empty command"),
+        ("echo 'unclosed", None, "cannot split command: No closing quotation"),
+        ([PY, "-c", "pass"], "/no/such/dir", "bad working directory /no/such/dir"),
+    ],
+)
+def test_start_failure_is_an_error_outcome(
+    local: LocalExecutor, command: Sequence[str] | str, cwd: str | None, msg: str
+) -> None:
+    outcome = run_one(local, launch(1, command, cwd=cwd))
+
+    assert outcome.result is Result.ERROR
+    assert outcome.msg.startswith(msg)
+    assert (outcome.pid, outcome.exit_code) == (None, None)
+    assert local.started() == [(1, None, T0)]
+
+
+def test_permission_denied_is_an_error_outcome(local: LocalExecutor, tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+
+    outcome = run_one(local, launch(1, [str(script)]))
+
+    assert (outcome.result, outcome.msg) == (Result.ERROR, f"permission denied: {script}")
+
+
+# --- timeout, cancel, leftovers ------------------------------------------------------------
+
+SPAWN_GRANDCHILD = (
+    "import subprocess, sys, time\n"
+    "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+    "print(g.pid, flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+def test_timeout_kills_child_and_grandchild(local: LocalExecutor) -> None:
+    started = time.monotonic()
+
+    outcome = run_one(local, py(SPAWN_GRANDCHILD, timeout=timedelta(milliseconds=700)))
+
+    assert time.monotonic() - started < 3
+    assert (outcome.result, outcome.msg) == (Result.ERROR, "timeout after 700ms")
+    assert outcome.exit_code == -15
+    assert lines(outcome, "system") == ["timeout after 700ms"]
+    grandchild = int(lines(outcome, "stdout")[0])
+    assert outcome.pid is not None
+    assert wait_gone(outcome.pid)
+    assert wait_gone(grandchild)
+
+
+def test_timeout_escalates_to_sigkill_when_sigterm_is_ignored(local: LocalExecutor) -> None:
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+
+    outcome = run_one(local, py(code, timeout=timedelta(seconds=0.5)))
+
+    assert (outcome.result, outcome.exit_code) == (Result.ERROR, -9)
+
+
+def test_cancel_running_kills_group_and_reports_reason(local: LocalExecutor) -> None:
+    local.submit(py(SPAWN_GRANDCHILD, execution_id=5))
+    while not local.started():
+        time.sleep(0.01)
+
+    local.cancel(5, "cancelled by alice")
+    [outcome] = local.collect(timeout=5)
+
+    assert (outcome.result, outcome.msg) == (Result.CANCELLED, "cancelled by alice")
+    assert outcome.pid is not None
+    assert wait_gone(outcome.pid)
+
+
+def test_cancel_waiting_launch_reports_without_starting() -> None:
+    executor = LocalExecutor(max_workers=1, now=clock)
+    try:
+        executor.submit(py("import time; time.sleep(0.3)", execution_id=1))
+        executor.submit(py("print('never')", execution_id=2))
+        executor.cancel(2, "not needed")
+        executor.cancel(99, "unknown ids are ignored")
+        first = executor.collect(timeout=5)
+        second = executor.collect(timeout=5)
+    finally:
+        executor.shutdown(grace=0)
+
+    assert [(o.execution_id, o.result, o.msg, o.pid) for o in first] == [
+        (2, Result.CANCELLED, "not needed", None)
+    ]
+    assert [(o.execution_id, o.result) for o in second] == [(1, Result.COMPLETE)]
+    assert [s[0] for s in executor.started()] == [1]
+
+
+def test_exited_process_whose_background_child_holds_output_is_finished(
+    local: LocalExecutor,
+) -> None:
+    code = (
+        "import subprocess, sys\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        "print(g.pid, flush=True)\n"
+    )
+
+    started = time.monotonic()
+    outcome = run_one(local, py(code))
+
+    assert time.monotonic() - started < 3
+    assert outcome.result is Result.COMPLETE
+    assert "killed its process group" in lines(outcome, "system")[0]
+    assert wait_gone(int(lines(outcome, "stdout")[0]))
+
+
+def test_exit_is_noticed_without_pidfd(
+    local: LocalExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError("pidfd not supported")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+
+    outcome = run_one(local, py("import sys; print('x'); sys.exit(6)"))
+
+    assert (outcome.result, outcome.exit_code, lines(outcome)) == (Result.ERROR, 6, ["x"])
+
+
+# --- capacity, bookkeeping, shutdown -------------------------------------------------------
+
+
+def test_max_workers_bounds_concurrency() -> None:
+    executor = LocalExecutor(max_workers=2, now=clock)
+    code = "import time; a = time.time(); time.sleep(0.3); print(a, time.time())"
+    try:
+        for i in range(4):
+            executor.submit(py(code, execution_id=i))
+        assert executor.running() == 4
+        outcomes = executor.collect(timeout=5)
+        while executor.running():
+            outcomes += executor.collect(timeout=5)
+    finally:
+        executor.shutdown(grace=0)
+
+    spans = [tuple(map(float, lines(o)[0].split())) for o in outcomes]
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    overlap = [sum(step for _, step in edges[: i + 1]) for i in range(len(edges))]
+    assert max(overlap) == 2
+    assert executor.running() == 0
+
+
+def test_started_reports_each_start_once_with_pid(local: LocalExecutor) -> None:
+    outcome = run_one(local, py("pass", execution_id=3))
+
+    assert local.started() == [(3, outcome.pid, T0)]
+    assert local.started() == []
+
+
+def test_collect_returns_at_once_when_nothing_in_flight(local: LocalExecutor) -> None:
+    started = time.monotonic()
+
+    assert local.collect(timeout=None) == []
+    assert local.collect(timeout=5) == []
+    assert time.monotonic() - started < 0.5
+
+
+def test_duplicate_in_flight_id_is_refused(local: LocalExecutor) -> None:
+    local.submit(py("import time; time.sleep(0.2)", execution_id=1))
+
+    with pytest.raises(ExecutorError, match="already in flight"):
+        local.submit(py("pass", execution_id=1))
+
+
+def test_shutdown_waits_grace_then_cancels_rest() -> None:
+    executor = LocalExecutor(max_workers=2, now=clock, kill_grace=0.3)
+    executor.submit(py("import time; time.sleep(0.1)", execution_id=1))
+    executor.submit(py("import time; time.sleep(30)", execution_id=2))
+    executor.submit(py("pass", execution_id=3))
+    seen: list[object] = []
+    while len(seen) < 2:  # both workers busy, so 3 is still waiting
+        seen += executor.started()
+        time.sleep(0.01)
+
+    outcomes = executor.shutdown(grace=0.6)
+
+    by_id = {o.execution_id: (o.result, o.msg) for o in outcomes}
+    assert by_id == {
+        1: (Result.COMPLETE, ""),
+        2: (Result.CANCELLED, "executor shut down: still running after 600ms"),
+        3: (Result.CANCELLED, "executor shut down before it started"),
+    }
+    with pytest.raises(ExecutorError, match="shut down"):
+        executor.submit(py("pass", execution_id=4))
+
+
+# --- InProcessExecutor -----------------------------------------------------------------------
+
+
+def boom(item: Launch) -> None:
+    raise ValueError(f"bad input {item.info}")
+
+
+@pytest.mark.parametrize(
+    ("func", "expected"),
+    [
+        (lambda item: None, (Result.COMPLETE, "", {})),
+        (lambda item: Result.WARN, (Result.WARN, "", {})),
+        (
+            lambda item: Reply(Result.ALERT, "hot", {"k": item.job}),
+            (Result.ALERT, "hot", {"k": "daily"}),
+        ),
+        (boom, (Result.ERROR, "ValueError: bad input ingest?day=2024-03-31", {})),
+        (
+            lambda item: 3,
+            (Result.ERROR, "TypeError: callable returned int; expected Result, Reply or None", {}),
+        ),
+    ],
+)
+def test_in_process_results(func: object, expected: tuple[Result, str, dict[str, str]]) -> None:
+    executor = InProcessExecutor(max_workers=2, now=clock)
+
+    outcome = run_one(executor, launch(9, callable=func))
+    executor.shutdown(grace=0)
+
+    assert (outcome.result, outcome.msg, dict(outcome.meta)) == expected
+    assert (outcome.pid, outcome.exit_code, outcome.started_at) == (None, None, T0)
+    assert executor.started() == [(9, None, T0)]
+
+
+def test_in_process_timeout_and_cancel_report_at_once() -> None:
+    executor = InProcessExecutor(max_workers=2, now=clock)
+    slow = launch(1, callable=lambda item: time.sleep(1), timeout=timedelta(milliseconds=200))
+    stuck = launch(2, callable=lambda item: time.sleep(1))
+    executor.submit(slow)
+    executor.submit(stuck)
+    executor.cancel(2, "stop")
+
+    outcomes = executor.collect(timeout=None)
+    outcomes += executor.collect(timeout=None)
+    executor.shutdown(grace=0)
+
+    by_id = {o.execution_id: (o.result, o.msg) for o in outcomes}
+    assert by_id == {1: (Result.ERROR, "timeout after 200ms"), 2: (Result.CANCELLED, "stop")}
+    assert executor.running() == 0
