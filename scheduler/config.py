@@ -7,6 +7,8 @@ file. Unknown tables or keys are an error naming them: a typo must never be sile
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ class WorkerConfig:
     """How to run one topic (or topic:job): ``{info}`` in command is the rendered template."""
 
     command: str = ""
+    python: str = ""  # "package.module:function", called in-process instead of a command
     shell: bool = False
     timeout: timedelta | None = None
     cwd: Path | None = None
@@ -159,6 +162,20 @@ class _Reader:
             raise self.fail(key, "must be a whole number of at least 1")
         return value
 
+    def command(self, key: str, value: Any) -> str:
+        text = self.string(key, value)
+        try:
+            shlex.split(text)
+        except ValueError as exc:
+            raise self.fail(key, f"cannot split command: {exc}") from None
+        return text
+
+    def python_target(self, key: str, value: Any) -> str:
+        text = self.string(key, value)
+        if text and not re.fullmatch(r"[\w.]+:[\w.]+", text):
+            raise self.fail(key, "must be 'package.module:function'")
+        return text
+
     def duration(self, key: str, value: Any) -> timedelta:
         try:
             delta = parse_duration(self.string(key, value))
@@ -175,7 +192,7 @@ class _Reader:
         name = self.string(key, value)
         try:
             ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, a long name
             raise self.fail(key, f"unknown time zone {name!r}") from None
         return name
 
@@ -199,12 +216,13 @@ def _workers(reader: _Reader, table: Mapping[str, Any]) -> dict[str, WorkerConfi
         where = f'workers."{name}"'
         if not isinstance(raw, dict):
             raise reader.fail(where, "must be a table")
-        reader.only(raw, {"command", "shell", "timeout", "cwd", "env"}, where)
+        reader.only(raw, {"command", "python", "shell", "timeout", "cwd", "env"}, where)
         env = raw.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise reader.fail(f"{where}.env", "must be a table of strings")
         workers[name] = WorkerConfig(
-            command=reader.string(f"{where}.command", raw.get("command", "")),
+            command=reader.command(f"{where}.command", raw.get("command", "")),
+            python=reader.python_target(f"{where}.python", raw.get("python", "")),
             shell=reader.boolean(f"{where}.shell", raw.get("shell", False)),
             timeout=reader.duration(f"{where}.timeout", raw["timeout"]) if "timeout" in raw else None,
             cwd=reader.path(f"{where}.cwd", raw["cwd"]) if "cwd" in raw else None,

@@ -8,13 +8,16 @@ a template is ever interpreted by a shell; with it, ``{info}`` and meta values a
 
 from __future__ import annotations
 
+import functools
+import importlib
 import shlex
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from scheduler import templates
 from scheduler.config import Config
+from scheduler.errors import ExecutorError
 from scheduler.executor import Launch
 from scheduler.store.history import Execution
 from scheduler.validation import PhaseSpec
@@ -62,6 +65,7 @@ def build_launch(execution: Execution, spec: PhaseSpec, config: Config) -> Launc
     else:
         command = execution.info
     return Launch(
+        callable=python_worker(worker.python) if worker and worker.python else None,
         execution_id=execution.id,
         task_id=execution.task_id,
         topic=execution.topic,
@@ -76,6 +80,21 @@ def build_launch(execution: Execution, spec: PhaseSpec, config: Config) -> Launc
         env=dict(worker.env) if worker else {},
         timeout=spec.rule.timeout or (worker.timeout if worker else None),
     )
+
+
+@functools.cache
+def python_worker(target: str) -> Callable[[Launch], object]:
+    """Import ``package.module:function``; raises ExecutorError when it cannot be found."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        value: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as exc:
+        raise ExecutorError(f"python worker {target}: {exc}") from None
+    if not callable(value):
+        raise ExecutorError(f"python worker {target}: not callable")
+    return value
 
 
 def _with_info(command: str, info: str, shell: bool) -> str | list[str]:

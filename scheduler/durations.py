@@ -18,7 +18,8 @@ _UNITS = {
     "h": 3600.0,
     "d": 86400.0,
 }
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+# ASCII digits only: "\d" would also take other scripts' digits, which Go rejects.
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -44,7 +45,10 @@ def parse_duration(text: str) -> timedelta:
             raise DurationError(text)
         seconds += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
-    return timedelta(seconds=sign * seconds)
+    try:
+        return timedelta(seconds=sign * seconds)
+    except OverflowError:
+        raise DurationError(text) from None
 
 
 def format_duration(delta: timedelta) -> str:

@@ -15,6 +15,7 @@ The write transaction never spans a subprocess start.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import threading
@@ -66,6 +67,8 @@ class Snapshot:
             key: [self.specs[child] for child in sorted(graph.successors(key))] for key in graph
         }
         self.cron = [s for s in specs if s.runnable and s.rule and s.rule.cron is not None]
+        # Only with per-phase limits can a candidate be passed over, so only then read extra.
+        self.limited = any(s.rule and s.rule.concurrency for s in specs)
 
 
 class Engine:
@@ -91,6 +94,8 @@ class Engine:
         self._states: dict[PhaseKey, PhaseState] = {}
         self._running: dict[int, Execution] = {}
         self._early: list[Outcome] = []
+        self._not_before: list[datetime] = []  # heap: future not_before of rows we queued
+        self._next_poll: datetime | None = None
         self._next_refresh: datetime | None = None
         self.refresh_requested = threading.Event()
 
@@ -183,6 +188,9 @@ class Engine:
         history.record_finishes(conn, finishes)
         history.insert_logs(conn, logs)
         history.insert_executions(conn, follow.rows, now)
+        for row in follow.rows:
+            if row.not_before > now:
+                heapq.heappush(self._not_before, row.not_before)
         history.insert_alerts(conn, follow.alerts, now)
         report.finished = len(finishes)
 
@@ -193,11 +201,27 @@ class Engine:
         key = (execution.file_path, execution.task)
         spec = snapshot.specs.get(key)
         released = after_end(
-            execution, status, outcome.msg, outcome.meta, spec, snapshot.children.get(key, []),
-            now, draw_jitter(self.rng), self.workflows,
+            execution,
+            status,
+            outcome.msg,
+            outcome.meta,
+            spec,
+            snapshot.children.get(key, []),
+            now,
+            draw_jitter(self.rng),
+            self.workflows,
         )
-        finish = Finish(execution.id, status, outcome.msg, outcome.exit_code, outcome.started_at,
-                        outcome.ended_at, outcome.pid, outcome.meta)
+        meta = {**execution.meta, **outcome.meta} if outcome.meta else None
+        finish = Finish(
+            execution.id,
+            status,
+            outcome.msg,
+            outcome.exit_code,
+            outcome.started_at,
+            outcome.ended_at,
+            outcome.pid,
+            meta,
+        )
         return finish, released
 
     # -- claiming and launching ---------------------------------------------------------------
@@ -208,7 +232,8 @@ class Engine:
         free = self.config.max_workers - self.executor.running()
         if free <= 0:
             return []
-        candidates = history.queued_ready(conn, now, free + _CANDIDATE_SLACK)
+        slack = _CANDIDATE_SLACK if snapshot.limited else 0
+        candidates = history.queued_ready(conn, now, free + slack)
         unrunnable = [c for c in candidates if not _runnable(snapshot, c)]
         if unrunnable:
             self._fail_unrunnable(conn, snapshot, unrunnable, now, report)
@@ -219,11 +244,17 @@ class Engine:
             dispatcher.Slots(free, per_phase),
         )
         history.mark_running(conn, [e.id for e in chosen], now)
-        launches = []
+        launches, failures = [], []
         for execution in chosen:
-            self._running[execution.id] = execution
             spec = snapshot.specs[(execution.file_path, execution.task)]
-            launches.append(dispatcher.build_launch(execution, spec, self.config))
+            try:
+                launches.append(dispatcher.build_launch(execution, spec, self.config))
+            except TomlflowError as exc:  # could not even start: an error result, not a crash
+                failures.append(Finish(execution.id, Status.ERROR, str(exc), None, now, now))
+                continue
+            self._running[execution.id] = execution
+        history.record_finishes(conn, failures)
+        report.failed += len(failures)
         return launches
 
     def _fail_unrunnable(
@@ -247,25 +278,36 @@ class Engine:
 
     def next_wakeup(self, now: datetime) -> datetime:
         """When something may next be due: a cron fire, a queued row, a refresh, or a poll."""
-        candidates = [now + IDLE_POLL]
+        while self._not_before and self._not_before[0] <= now:
+            heapq.heappop(self._not_before)  # due now: the next tick claims it
+        if self._next_poll is None or now >= self._next_poll:
+            # Rows queued by others (the command line, another process) are found by this poll.
+            self._next_poll = now + IDLE_POLL
+            with self.db.read() as conn:
+                queued = history.next_queued_time(conn)
+            if queued is not None and queued > now:
+                heapq.heappush(self._not_before, queued)
+        candidates = [self._next_poll]
         if self._next_refresh is not None:
             candidates.append(self._next_refresh)
+        if self._not_before:
+            candidates.append(self._not_before[0])
         candidates.extend(s.next_fire for s in self._states.values() if s.next_fire)
-        with self.db.read() as conn:
-            queued = history.next_queued_time(conn)
-        if queued is not None:
-            candidates.append(queued)
         return max(now, min(candidates))
 
     def wait(self, until: datetime) -> None:
-        """Sleep until ``until``, waking early when an execution finishes."""
+        """Sleep until ``until``, waking early when an execution finishes.
+
+        Outcomes that arrive meanwhile are kept for the next tick to record.
+        """
         seconds = (until - self.clock.now()).total_seconds()
-        if seconds <= 0:
+        if self._early or seconds <= 0:
             return
         if self.executor.running():
-            # Outcomes that arrive while waiting are kept for the next tick to record.
             self._early.extend(self.executor.collect(seconds))
-        else:
+            return
+        self._early.extend(self.executor.collect(0))  # one may have ended since the tick
+        if not self._early:
             self.clock.sleep(seconds)
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -325,9 +367,16 @@ def _runnable(snapshot: Snapshot, execution: Execution) -> bool:
 
 def _error_row(spec: PhaseSpec, now: datetime, msg: str) -> NewExecution:
     return NewExecution(
-        task_id="", file_path=spec.file_path, task=spec.task, task_time=None,
-        trigger=history.Trigger.CRON, info=spec.template, meta={}, not_before=now,
-        status=Status.ERROR, msg=msg,
+        task_id="",
+        file_path=spec.file_path,
+        task=spec.task,
+        task_time=None,
+        trigger=history.Trigger.CRON,
+        info=spec.template,
+        meta={},
+        not_before=now,
+        status=Status.ERROR,
+        msg=msg,
     )
 
 

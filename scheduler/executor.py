@@ -722,7 +722,9 @@ class LocalExecutor:
     Each process gets its own session/process group, stdin from /dev/null, piped stdout/stderr
     and the TOMLFLOW_* environment. Timeout and cancel send SIGTERM to the whole group and
     SIGKILL ``kill_grace`` seconds later. Output beyond ``log_cap`` lines per execution is
-    drained and dropped after a truncation marker.
+    drained and dropped after a truncation marker. A launch with a ``callable`` (a Python
+    worker) is called on the worker thread instead; like InProcessExecutor, it cannot be
+    interrupted by a timeout or cancel.
     """
 
     def __init__(
@@ -805,6 +807,10 @@ class LocalExecutor:
             return _outcome(launch, Result.ERROR, msg, started_at, self._now())
 
     def _execute(self, launch: Launch, run: _Run, worker: _Worker, started_at: datetime) -> Outcome:
+        if launch.callable is not None:  # a Python worker: called on this thread, no process
+            self._board.note_started(launch.execution_id, None, started_at)
+            result, msg, meta = _call(launch)
+            return _outcome(launch, result, msg, started_at, self._now(), meta=meta)
         try:
             proc = _spawn(launch)
         except _StartFailure as failure:
@@ -950,15 +956,17 @@ class InProcessExecutor:
     def _work(self) -> None:
         while (item := self._board.take(self._start, _call_notice)) is not None:
             launch, call = item
-            result, msg, meta = self._call(launch)
+            result, msg, meta = _call(launch)
             outcome = _outcome(launch, result, msg, call.started_at, self._now(), meta=meta)
             self._board.finish(launch.execution_id, outcome)
 
-    def _call(self, launch: Launch) -> tuple[Result, str, Mapping[str, str]]:
-        if launch.callable is None:
-            return Result.ERROR, "launch has no callable", {}
-        try:
-            reply = _as_reply(launch.callable(launch))
-        except Exception as exc:  # the callable's failure is its result, by contract
-            return Result.ERROR, f"{type(exc).__name__}: {exc}", {}
-        return reply.result, reply.msg, reply.meta
+
+def _call(launch: Launch) -> tuple[Result, str, Mapping[str, str]]:
+    """Run ``launch.callable`` on this thread; its exception or odd return is an ERROR."""
+    if launch.callable is None:
+        return Result.ERROR, "launch has no callable", {}
+    try:
+        reply = _as_reply(launch.callable(launch))
+    except Exception as exc:  # the callable's failure is its result, by contract
+        return Result.ERROR, f"{type(exc).__name__}: {exc}", {}
+    return reply.result, reply.msg, reply.meta

@@ -19,6 +19,7 @@ from scheduler.retry import retry_delay
 from scheduler.store.history import Execution, NewAlert, NewExecution, Status, Trigger
 from scheduler.validation import PhaseSpec
 
+
 @dataclass(frozen=True)
 class FollowUp:
     rows: list[NewExecution] = field(default_factory=list)
@@ -77,8 +78,16 @@ def children_rows(
             rows.append(_skipped(parent, child, meta, now, missing))
             continue
         rows.extend(
-            new_rows(child, parent.task_time, meta, Trigger.DEPENDENCY, now, workflows,
-                     task_id=parent.task_id, parent_execution_id=parent.id)
+            new_rows(
+                child,
+                parent.task_time,
+                meta,
+                Trigger.DEPENDENCY,
+                now,
+                workflows,
+                task_id=parent.task_id,
+                parent_execution_id=parent.id,
+            )
         )
     return rows
 
@@ -105,8 +114,13 @@ def _skipped(
 def retry_row(execution: Execution, spec: PhaseSpec, now: datetime, jitter: float) -> NewExecution:
     """The next attempt: same chain, task time, command and meta; ``retry`` counts as flowlord's."""
     assert spec.rule is not None
-    delay = retry_delay(execution.attempt, spec.rule.retry_delay, spec.rule.retry_backoff,
-                        spec.rule.retry_max_delay, jitter)
+    delay = retry_delay(
+        execution.attempt,
+        spec.rule.retry_delay,
+        spec.rule.retry_backoff,
+        spec.rule.retry_max_delay,
+        jitter,
+    )
     return NewExecution(
         task_id=execution.task_id,
         file_path=execution.file_path,

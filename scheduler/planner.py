@@ -54,8 +54,15 @@ def plan_cron(
     schedule, tz, sig = spec.rule.cron, zone_of(spec, default_tz), signature(spec, default_tz)
     if state is None or state.cron != sig:
         first_seen = state.first_seen if state else now
-        fresh = PhaseState(spec.file_path, spec.task, first_seen, now, sig,
-                           timing.next_fire(schedule, tz, now), state.paused if state else False)
+        fresh = PhaseState(
+            spec.file_path,
+            spec.task,
+            first_seen,
+            now,
+            sig,
+            timing.next_fire(schedule, tz, now),
+            state.paused if state else False,
+        )
         return CronPlan([], fresh)
     if state.paused:
         return CronPlan([], state)
@@ -126,5 +133,6 @@ def rows_for_fire(fire: Fire, now: datetime, workflows: Path) -> list[NewExecuti
     task_time = task_time_for_fire(fire.scheduled, fire.spec.rule.offset)
     meta = base_meta(fire.spec)
     meta["cron"] = cron_stamp(task_time)
-    return new_rows(fire.spec, task_time, meta, Trigger.CRON, now, workflows,
-                    fire_key=iso(fire.scheduled))
+    return new_rows(
+        fire.spec, task_time, meta, Trigger.CRON, now, workflows, fire_key=iso(fire.scheduled)
+    )

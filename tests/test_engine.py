@@ -37,9 +37,13 @@ def emit(meta: dict[str, str], exit_code: int = 0) -> str:
     return f"{PY} -c {json.dumps(code)}"
 
 
-def make_engine(db: Database, workflow_dir: Path, clock: ManualClock, **overrides: object) -> Engine:
+def make_engine(
+    db: Database, workflow_dir: Path, clock: ManualClock, **overrides: object
+) -> Engine:
     settings: dict[str, object] = {
-        "workflows": workflow_dir, "database": db.url, "max_workers": 4,
+        "workflows": workflow_dir,
+        "database": db.url,
+        "max_workers": 4,
     }
     settings.update(overrides)
     config = Config(**settings)  # type: ignore[arg-type]
@@ -81,7 +85,9 @@ def test_cron_fire_runs_child_and_grandchild_with_task_time_and_meta(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
     # Given a daily cron root whose output meta feeds a child and a grandchild
-    write_workflow("chain.toml", f"""
+    write_workflow(
+        "chain.toml",
+        f"""
         [[phase]]
         task = "extract:orders"
         rule = "cron=0 5 * * *&offset=-24h"
@@ -96,7 +102,8 @@ def test_cron_fire_runs_child_and_grandchild_with_task_time_and_meta(
         task = "load"
         depends_on = "transform"
         template = "{PY} -c pass {{meta:file}} {{meta:cron}}"
-    """)
+    """,
+    )
     clock.current = at("2024-01-02T04:00:00")
     engine = engine_for()
     engine.tick(clock.now())  # the phase is seen: its schedule starts now
@@ -117,7 +124,12 @@ def test_cron_fire_runs_child_and_grandchild_with_task_time_and_meta(
     assert child.parent_execution_id == root.id and grandchild.parent_execution_id == child.id
     assert child.info.endswith("/data/orders.json 2024-01-01T05")
     assert grandchild.info.endswith("/data/orders.json 2024-01-01T05")
-    assert root.meta == {"workflow": "chain.toml", "job": "orders", "cron": "2024-01-01T05"}
+    assert root.meta == {  # its input meta plus what it emitted
+        "workflow": "chain.toml",
+        "job": "orders",
+        "cron": "2024-01-01T05",
+        "file": "/data/orders.json",
+    }
     assert grandchild.meta["cron"] == "2024-01-01T05"
     assert root.trigger.value == "cron" and child.trigger.value == "dependency"
 
@@ -126,13 +138,16 @@ def test_failing_command_is_retried_with_its_delays_then_alerted(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
     # Given a phase that always fails, with 2 retries 10s apart, doubling
-    write_workflow("fail.toml", f"""
+    write_workflow(
+        "fail.toml",
+        f"""
         [[phase]]
         task = "flaky"
         rule = "cron=0 * * * *&retry_delay=10s&retry_backoff=exponential"
         retry = 2
         template = "{PY} -c 'import sys; sys.exit(\\"disk full\\")'"
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     clock.current = at("2024-01-02T13:00:00")
@@ -143,7 +158,9 @@ def test_failing_command_is_retried_with_its_delays_then_alerted(
     # Then three attempts ran, spaced by 10s then 20s (plus up to 40 % jitter), then one alert
     rows = by_task(db)["flaky"]
     assert [(r.attempt, r.status) for r in rows] == [
-        (1, Status.ERROR), (2, Status.ERROR), (3, Status.ERROR)
+        (1, Status.ERROR),
+        (2, Status.ERROR),
+        (3, Status.ERROR),
     ]
     assert rows[0].msg == "exit code 1: disk full"
     first_gap = (rows[1].not_before - rows[0].ended_at).total_seconds()  # type: ignore[operator]
@@ -153,19 +170,24 @@ def test_failing_command_is_retried_with_its_delays_then_alerted(
     assert {r.task_id for r in rows} == {rows[0].task_id}
     with db.read() as conn:
         alert_rows = conn.execute(select(alerts)).all()
-    assert [(a.task, a.kind, a.execution_id) for a in alert_rows] == [("flaky", "failed", rows[2].id)]
+    assert [(a.task, a.kind, a.execution_id) for a in alert_rows] == [
+        ("flaky", "failed", rows[2].id)
+    ]
     assert report.failed == 1
 
 
 def test_no_alert_rule_records_no_alert(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
-    write_workflow("quiet.toml", f"""
+    write_workflow(
+        "quiet.toml",
+        f"""
         [[phase]]
         task = "quiet"
         rule = "cron=0 * * * *&no_alert=1"
         template = "{PY} -c 'raise SystemExit(3)'"
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     clock.current = at("2024-01-02T13:00:00")
@@ -184,10 +206,16 @@ def test_no_alert_rule_records_no_alert(
     ],
 )
 def test_require_runs_or_skips_the_child(
-    emitted: dict[str, str], expected: Status,
-    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database,
+    emitted: dict[str, str],
+    expected: Status,
+    write_workflow: WriteWorkflow,
+    engine_for,
+    clock: ManualClock,
+    db: Database,
 ) -> None:
-    write_workflow("req.toml", f"""
+    write_workflow(
+        "req.toml",
+        f"""
         [[phase]]
         task = "parent"
         rule = "cron=0 * * * *"
@@ -198,7 +226,8 @@ def test_require_runs_or_skips_the_child(
         depends_on = "parent"
         rule = "require={{meta:file}}"
         template = "{PY} -c pass {{meta:file}}"
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     clock.current = at("2024-01-02T13:00:00")
@@ -213,7 +242,9 @@ def test_children_by_topic_and_by_topic_job(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
     # Given two jobs of one topic; one child follows the topic, one only job b
-    write_workflow("jobs.toml", f"""
+    write_workflow(
+        "jobs.toml",
+        f"""
         [[phase]]
         task = "worker:a"
         rule = "cron=0 * * * *"
@@ -233,7 +264,8 @@ def test_children_by_topic_and_by_topic_job(
         task = "only_b"
         depends_on = "worker:b"
         template = "{PY} -c pass"
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     clock.current = at("2024-01-02T13:00:00")
@@ -248,12 +280,15 @@ def test_children_by_topic_and_by_topic_job(
 def test_timeout_kills_and_records_error(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
-    write_workflow("slow.toml", f"""
+    write_workflow(
+        "slow.toml",
+        f"""
         [[phase]]
         task = "slow"
         rule = "cron=0 * * * *&timeout=300ms"
         template = "{PY} -c 'import time; time.sleep(30)'"
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     clock.current = at("2024-01-02T13:00:00")
@@ -274,12 +309,15 @@ def test_concurrency_rule_limits_running_executions(
         "open(os.path.join(d, 'start-%d' % time.time_ns()), 'w').close(); time.sleep(0.2); "
         "open(os.path.join(d, 'end-%d' % time.time_ns()), 'w').close()"
     )
-    write_workflow("one.toml", f"""
+    write_workflow(
+        "one.toml",
+        f"""
         [[phase]]
         task = "solo"
         rule = "files=*.csv&concurrency=1"
         template = {q(PY + " -c " + json.dumps(code) + " " + str(marks))}
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     spec = engine.catalog.get("solo")
@@ -288,8 +326,14 @@ def test_concurrency_rule_limits_running_executions(
 
     with db.write() as conn:
         for hour in range(3):
-            rows = new_rows(spec, clock.now() + timedelta(hours=hour), base_meta(spec),
-                            history.Trigger.MANUAL, clock.now(), engine.workflows)
+            rows = new_rows(
+                spec,
+                clock.now() + timedelta(hours=hour),
+                base_meta(spec),
+                history.Trigger.MANUAL,
+                clock.now(),
+                engine.workflows,
+            )
             history.insert_executions(conn, rows, clock.now())
 
     engine.run_once()
@@ -303,12 +347,15 @@ def test_concurrency_rule_limits_running_executions(
 def test_restart_never_fires_the_same_cron_time_twice(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
-    write_workflow("hourly.toml", f"""
+    write_workflow(
+        "hourly.toml",
+        f"""
         [[phase]]
         task = "hourly"
         rule = "cron=0 * * * *"
         template = "{PY} -c pass"
-    """)
+    """,
+    )
     first = engine_for()
     first.tick(clock.now())
     clock.current = at("2024-01-02T13:00:00.100000")
@@ -329,12 +376,15 @@ def test_a_stale_state_racing_a_fire_is_stopped_by_the_unique_key(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
     # Given two schedulers that both believe 13:00 has not fired yet (both saw 12:00)
-    write_workflow("hourly.toml", f"""
+    write_workflow(
+        "hourly.toml",
+        f"""
         [[phase]]
         task = "hourly"
         rule = "cron=0 * * * *"
         template = "{PY} -c pass"
-    """)
+    """,
+    )
     a, b = engine_for(), engine_for()
     a.tick(clock.now())
     b.tick(clock.now())
@@ -359,16 +409,23 @@ def test_a_stale_state_racing_a_fire_is_stopped_by_the_unique_key(
     ],
 )
 def test_catch_up_after_three_missed_days(
-    catchup: str, expected: list[str],
-    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database,
+    catchup: str,
+    expected: list[str],
+    write_workflow: WriteWorkflow,
+    engine_for,
+    clock: ManualClock,
+    db: Database,
 ) -> None:
     # Given a daily phase last evaluated on Jan 2, and a scheduler down until Jan 5 12:00
-    write_workflow("daily.toml", f"""
+    write_workflow(
+        "daily.toml",
+        f"""
         [[phase]]
         task = "daily"
         rule = "cron=0 5 * * *&catchup={catchup}"
         template = "{PY} -c pass"
-    """)
+    """,
+    )
     engine_for().tick(clock.now())
     clock.current = at("2024-01-05T12:00:00")
 
@@ -382,12 +439,15 @@ def test_catch_up_after_three_missed_days(
 def test_paused_phase_does_not_fire(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
-    write_workflow("p.toml", f"""
+    write_workflow(
+        "p.toml",
+        f"""
         [[phase]]
         task = "p"
         rule = "cron=0 * * * *"
         template = "{PY} -c pass"
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     with db.write() as conn:
@@ -401,7 +461,9 @@ def test_warn_completes_without_children(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
     warn = "__WF_EVENT__:" + json.dumps({"result": "warn", "msg": "half the rows"})
-    write_workflow("w.toml", f"""
+    write_workflow(
+        "w.toml",
+        f"""
         [[phase]]
         task = "parent"
         rule = "cron=0 * * * *"
@@ -411,7 +473,8 @@ def test_warn_completes_without_children(
         task = "child"
         depends_on = "parent"
         template = "{PY} -c pass"
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     clock.current = at("2024-01-02T13:00:00")
@@ -425,12 +488,15 @@ def test_warn_completes_without_children(
 def test_logs_are_recorded_per_execution(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
-    write_workflow("l.toml", f"""
+    write_workflow(
+        "l.toml",
+        f"""
         [[phase]]
         task = "talk"
         rule = "cron=0 * * * *"
         template = "{PY} -c 'import sys; print(\\"out\\"); print(\\"err\\", file=sys.stderr)'"
-    """)
+    """,
+    )
     engine = engine_for()
     engine.tick(clock.now())
     clock.current = at("2024-01-02T13:00:00")

@@ -32,8 +32,14 @@ from scheduler.tasktime import iso, parse_at
 from scheduler.validation import PhaseSpec
 
 _STATUS_COLOURS = {
-    "complete": "green", "error": "red", "alert": "red", "warn": "yellow", "running": "cyan",
-    "queued": "blue", "skipped": "dim", "cancelled": "magenta",
+    "complete": "green",
+    "error": "red",
+    "alert": "red",
+    "warn": "yellow",
+    "running": "cyan",
+    "queued": "blue",
+    "skipped": "dim",
+    "cancelled": "magenta",
 }
 
 
@@ -46,21 +52,26 @@ def _engine(app: App) -> Iterator[Engine]:
 
 @click.command()
 @config_option
-@click.option("--once", is_flag=True,
-              help="One pass: fire what is due now, run everything queued to the end, exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One pass: fire what is due now, run everything queued to the end, exit.",
+)
 def run(config_path: str | None, once: bool) -> int:
     """Run the scheduler (Ctrl-C stops it cleanly)."""
     with open_app(config_path) as app, _engine(app) as engine:
         if once:
             report = engine.run_once()
             summary = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
-            out_console().print(f"ran {report.finished} executions: {summary or 'nothing due'}",
-                                highlight=False)
+            out_console().print(
+                f"ran {report.finished} executions: {summary or 'nothing due'}", highlight=False
+            )
             return ExitCode.FAILED if report.failed else ExitCode.OK
         stop = threading.Event()
         with _signals(stop, engine):
-            out_console().print(f"tomlflow running on {app.config.workflows} (Ctrl-C stops)",
-                                highlight=False)
+            out_console().print(
+                f"tomlflow running on {app.config.workflows} (Ctrl-C stops)", highlight=False
+            )
             engine.run_forever(stop)
     return ExitCode.OK
 
@@ -77,8 +88,11 @@ def _signals(stop: threading.Event, engine: Engine) -> Iterator[None]:
 
     previous = {
         sig: signal.signal(sig, handler)
-        for sig, handler in ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop),
-                             (signal.SIGHUP, on_hup))
+        for sig, handler in (
+            (signal.SIGINT, on_stop),
+            (signal.SIGTERM, on_stop),
+            (signal.SIGHUP, on_hup),
+        )
     }
     try:
         yield
@@ -89,13 +103,21 @@ def _signals(stop: threading.Event, engine: Engine) -> Iterator[None]:
 
 @click.command()
 @click.argument("task")
-@click.option("--at", "at", metavar="TIME", help="Task time: 2024-01-02, 2024-01-02T13 or RFC 3339.")
+@click.option(
+    "--at", "at", metavar="TIME", help="Task time: 2024-01-02, 2024-01-02T13 or RFC 3339."
+)
 @click.option("--meta", "metas", multiple=True, metavar="KEY=VALUE", help="Meta for the task.")
 @click.option("--file", "file_path", metavar="FILE", help="Workflow file, when TASK is in several.")
 @config_option
 @json_option
-def trigger(task: str, at: str | None, metas: tuple[str, ...], file_path: str | None,
-            config_path: str | None, as_json: bool) -> int:
+def trigger(
+    task: str,
+    at: str | None,
+    metas: tuple[str, ...],
+    file_path: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> int:
     """Queue one manual run of TASK (``topic`` or ``topic:job``); `run` executes it."""
     task_time = _parse_time(at) if at else datetime.now(UTC)
     meta = _parse_meta(metas)
@@ -103,17 +125,35 @@ def trigger(task: str, at: str | None, metas: tuple[str, ...], file_path: str | 
         app.catalog.refresh()
         spec = _find(app, task, file_path)
         now = datetime.now(UTC)
-        rows = planner.new_rows(spec, task_time, planner.base_meta(spec, meta), Trigger.MANUAL,
-                                now, app.config.workflow_root)
+        rows = planner.new_rows(
+            spec,
+            task_time,
+            planner.base_meta(spec, meta),
+            Trigger.MANUAL,
+            now,
+            app.config.workflow_root,
+        )
         with app.db.write() as conn:
             history.insert_executions(conn, rows, now)
     if as_json:
-        print_json([{"task": r.task, "task_time": iso(r.task_time) if r.task_time else None,
-                     "info": r.info, "task_id": r.task_id} for r in rows])
+        print_json(
+            [
+                {
+                    "task": r.task,
+                    "task_time": iso(r.task_time) if r.task_time else None,
+                    "info": r.info,
+                    "task_id": r.task_id,
+                }
+                for r in rows
+            ]
+        )
     else:
         for row in rows:
-            out_console().print(f"queued {row.task} for {iso(row.task_time) if row.task_time else '-'}"
-                                f": {row.info}", highlight=False, markup=False)
+            out_console().print(
+                f"queued {row.task} for {iso(row.task_time) if row.task_time else '-'}: {row.info}",
+                highlight=False,
+                markup=False,
+            )
     return ExitCode.OK
 
 
@@ -135,8 +175,9 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def _find(app: App, task: str, file_path: str | None) -> PhaseSpec:
-    matches = [s for s in app.catalog.phases()
-               if s.task == task and file_path in (None, s.file_path)]
+    matches = [
+        s for s in app.catalog.phases() if s.task == task and file_path in (None, s.file_path)
+    ]
     if not matches:
         raise TaskNotFound(task)
     if len(matches) > 1:
@@ -163,24 +204,33 @@ def status(config_path: str | None, as_json: bool) -> int:
     for spec in specs:
         key = (spec.file_path, spec.task)
         last, state = latest.get(key), states.get(key)
-        rows.append({
-            "file_path": spec.file_path, "task": spec.task,
-            "valid": spec.status or "ok",
-            "paused": bool(state and state.paused),
-            "last_status": last.status.value if last else None,
-            "last_task_time": iso(last.task_time) if last and last.task_time else None,
-            "last_ended_at": iso(last.ended_at) if last and last.ended_at else None,
-            "next_fire": iso(state.next_fire) if state and state.next_fire else None,
-        })
+        rows.append(
+            {
+                "file_path": spec.file_path,
+                "task": spec.task,
+                "valid": spec.status or "ok",
+                "paused": bool(state and state.paused),
+                "last_status": last.status.value if last else None,
+                "last_task_time": iso(last.task_time) if last and last.task_time else None,
+                "last_ended_at": iso(last.ended_at) if last and last.ended_at else None,
+                "next_fire": iso(state.next_fire) if state and state.next_fire else None,
+            }
+        )
     if as_json:
         print_json(rows)
         return ExitCode.OK
     table = Table("file", "task", "last", "task time", "ended", "next fire", "paused", box=None)
     for r in rows:
         last = r["last_status"] or "-"
-        table.add_row(r["file_path"], r["task"], _colour(last), r["last_task_time"] or "-",
-                      r["last_ended_at"] or "-", r["next_fire"] or "-",
-                      "yes" if r["paused"] else "")
+        table.add_row(
+            r["file_path"],
+            r["task"],
+            _colour(last),
+            r["last_task_time"] or "-",
+            r["last_ended_at"] or "-",
+            r["next_fire"] or "-",
+            "yes" if r["paused"] else "",
+        )
     out_console().print(table)
     return ExitCode.OK
 
@@ -191,8 +241,9 @@ def status(config_path: str | None, as_json: bool) -> int:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
 @config_option
 @json_option
-def history_cmd(task: str | None, status_filter: str | None, limit: int,
-                config_path: str | None, as_json: bool) -> int:
+def history_cmd(
+    task: str | None, status_filter: str | None, limit: int, config_path: str | None, as_json: bool
+) -> int:
     """Executions, newest first."""
     with open_app(config_path) as app, app.db.read() as conn:
         rows = history.list_executions(conn, task, status_filter, limit)
@@ -201,9 +252,16 @@ def history_cmd(task: str | None, status_filter: str | None, limit: int,
         return ExitCode.OK
     table = Table("id", "task", "task time", "trigger", "try", "status", "started", "msg", box=None)
     for r in rows:
-        table.add_row(str(r.id), r.task, iso(r.task_time) if r.task_time else "-",
-                      r.trigger.value, str(r.attempt), _colour(r.status.value),
-                      iso(r.started_at) if r.started_at else "-", _escape(r.msg))
+        table.add_row(
+            str(r.id),
+            r.task,
+            iso(r.task_time) if r.task_time else "-",
+            r.trigger.value,
+            str(r.attempt),
+            _colour(r.status.value),
+            iso(r.started_at) if r.started_at else "-",
+            _escape(r.msg),
+        )
     out_console().print(table)
     return ExitCode.OK
 
@@ -220,13 +278,22 @@ def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
             raise TomlflowError(f"no execution with id {execution_id}")
         lines = history.execution_logs_of(conn, execution_id)
     if as_json:
-        print_json({"execution": execution.as_dict(),
-                    "logs": [{"seq": x.seq, "ts": iso(x.ts), "stream": x.stream, "line": x.line}
-                             for x in lines]})
+        print_json(
+            {
+                "execution": execution.as_dict(),
+                "logs": [
+                    {"seq": x.seq, "ts": iso(x.ts), "stream": x.stream, "line": x.line}
+                    for x in lines
+                ],
+            }
+        )
         return ExitCode.OK
     console = out_console()
-    console.print(f"# {execution.task} attempt {execution.attempt}: {execution.status.value} "
-                  f"{execution.msg}", highlight=False, markup=False)
+    console.print(
+        f"# {execution.task} attempt {execution.attempt}: {execution.status.value} {execution.msg}",
+        highlight=False,
+        markup=False,
+    )
     for x in lines:
         style = "red" if x.stream == "stderr" else "dim" if x.stream == "system" else None
         console.print(x.line, style=style, highlight=False, markup=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -31,8 +31,9 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
-FINISHED = frozenset({Status.COMPLETE, Status.ERROR, Status.WARN, Status.ALERT, Status.SKIPPED,
-                      Status.CANCELLED})
+FINISHED = frozenset(
+    {Status.COMPLETE, Status.ERROR, Status.WARN, Status.ALERT, Status.SKIPPED, Status.CANCELLED}
+)
 
 
 class Trigger(StrEnum):
@@ -115,14 +116,26 @@ class Execution:
     def from_row(cls, row: Any) -> Execution:
         m = row._mapping
         return cls(
-            id=m["id"], task_id=m["task_id"], file_path=m["file_path"], task=m["task"],
-            topic=m["topic"], job=m["job"], task_time=_time(m["task_time"]),
-            attempt=m["attempt"], trigger=Trigger(m["trigger"]), status=Status(m["status"]),
-            info=m["info"], meta=json.loads(m["meta"] or "{}"), msg=m["msg"],
-            exit_code=m["exit_code"], created_at=from_iso(m["created_at"]),
-            started_at=_time(m["started_at"]), ended_at=_time(m["ended_at"]),
+            id=m["id"],
+            task_id=m["task_id"],
+            file_path=m["file_path"],
+            task=m["task"],
+            topic=m["topic"],
+            job=m["job"],
+            task_time=_time(m["task_time"]),
+            attempt=m["attempt"],
+            trigger=Trigger(m["trigger"]),
+            status=Status(m["status"]),
+            info=m["info"],
+            meta=json.loads(m["meta"] or "{}"),
+            msg=m["msg"],
+            exit_code=m["exit_code"],
+            created_at=from_iso(m["created_at"]),
+            started_at=_time(m["started_at"]),
+            ended_at=_time(m["ended_at"]),
             not_before=from_iso(m["not_before"]),
-            parent_execution_id=m["parent_execution_id"], pid=m["pid"],
+            parent_execution_id=m["parent_execution_id"],
+            pid=m["pid"],
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -141,7 +154,7 @@ class Finish:
     started_at: datetime
     ended_at: datetime
     pid: int | None = None
-    emitted_meta: Mapping[str, str] = field(default_factory=dict)
+    meta: Mapping[str, str] | None = None  # the row's meta with what it emitted; None: unchanged
 
 
 @dataclass(frozen=True)
@@ -193,84 +206,88 @@ def _insert_ignoring_duplicates(conn: Connection) -> Insert:
     )
 
 
-def claim_ready(conn: Connection, now: datetime, limit: int) -> list[Execution]:
-    """Queued rows whose time has come (oldest first, at most ``limit``), marked running."""
-    if limit <= 0:
-        return []
-    query = (
-        select(executions)
-        .where(executions.c.status == Status.QUEUED.value, executions.c.not_before <= iso(now))
-        .order_by(executions.c.not_before, executions.c.id)
-        .limit(limit)
+# The hot statements are built once: building them per call costs more than running them.
+_READY = (
+    select(executions)
+    .where(executions.c.status == Status.QUEUED.value, executions.c.not_before <= bindparam("now_"))
+    .order_by(executions.c.not_before, executions.c.id)
+    .limit(bindparam("limit_"))
+)
+_MARK_RUNNING = (
+    update(executions)
+    .where(executions.c.id == bindparam("eid"))
+    .values(status=Status.RUNNING.value, started_at=bindparam("started"))
+)
+_FINISH = (
+    update(executions)
+    .where(executions.c.id == bindparam("eid"))
+    .values(
+        status=bindparam("status_"),
+        msg=bindparam("msg_"),
+        exit_code=bindparam("code"),
+        started_at=bindparam("started"),
+        ended_at=bindparam("ended"),
+        pid=bindparam("pid_"),
     )
-    rows = [Execution.from_row(row) for row in conn.execute(query)]
-    if rows:
-        mark_running(conn, [row.id for row in rows], now)
-    return rows
+)
+_META = (
+    update(executions).where(executions.c.id == bindparam("eid")).values(meta=bindparam("meta_"))
+)
+_PIDS = (
+    update(executions)
+    .where(executions.c.id == bindparam("eid"))
+    .values(pid=bindparam("pid_"), started_at=bindparam("started"))
+)
+_NEXT_QUEUED = select(func.min(executions.c.not_before)).where(
+    executions.c.status == Status.QUEUED.value
+)
 
 
 def queued_ready(conn: Connection, now: datetime, limit: int) -> list[Execution]:
     """Queued rows whose time has come, oldest first, without claiming them."""
-    query = (
-        select(executions)
-        .where(executions.c.status == Status.QUEUED.value, executions.c.not_before <= iso(now))
-        .order_by(executions.c.not_before, executions.c.id)
-        .limit(limit)
-    )
-    return [Execution.from_row(row) for row in conn.execute(query)]
+    rows = conn.execute(_READY, {"now_": iso(now), "limit_": limit})
+    return [Execution.from_row(row) for row in rows]
 
 
 def mark_running(conn: Connection, ids: Iterable[int], now: datetime) -> None:
-    params = [{"eid": i, "started": iso(now)} for i in ids]
+    started = iso(now)
+    params = [{"eid": i, "started": started} for i in ids]
     if params:
-        conn.execute(
-            update(executions)
-            .where(executions.c.id == bindparam("eid"))
-            .values(status=Status.RUNNING.value, started_at=bindparam("started")),
-            params,
-        )
+        conn.execute(_MARK_RUNNING, params)
 
 
 def record_finishes(conn: Connection, finishes: Sequence[Finish]) -> None:
-    """Write each execution's end: status, msg, exit code, times, pid, emitted meta."""
-    if not finishes:
-        return
-    conn.execute(
-        update(executions)
-        .where(executions.c.id == bindparam("eid"))
-        .values(
-            status=bindparam("status"),
-            msg=bindparam("msg"),
-            exit_code=bindparam("code"),
-            started_at=bindparam("started"),
-            ended_at=bindparam("ended"),
-            pid=bindparam("pid_"),
-        ),
-        [
-            {
-                "eid": f.execution_id,
-                "status": f.status.value,
-                "msg": f.msg,
-                "code": f.exit_code,
-                "started": iso(f.started_at),
-                "ended": iso(f.ended_at),
-                "pid_": f.pid,
-            }
+    """Write each execution's end: status, msg, exit code, times, pid, and emitted meta."""
+    if finishes:
+        conn.execute(
+            _FINISH,
+            [
+                {
+                    "eid": f.execution_id,
+                    "status_": f.status.value,
+                    "msg_": f.msg,
+                    "code": f.exit_code,
+                    "started": iso(f.started_at),
+                    "ended": iso(f.ended_at),
+                    "pid_": f.pid,
+                }
+                for f in finishes
+            ],
+        )
+        metas = [
+            {"eid": f.execution_id, "meta_": json.dumps(dict(f.meta), sort_keys=True)}
             for f in finishes
-        ],
-    )
+            if f.meta is not None
+        ]
+        if metas:
+            conn.execute(_META, metas)
 
 
 def record_pids(conn: Connection, pids: Sequence[tuple[int, int | None, datetime]]) -> None:
     """Note the process id and real start time of executions that began."""
     params = [{"eid": e, "pid_": p, "started": iso(t)} for e, p, t in pids]
     if params:
-        conn.execute(
-            update(executions)
-            .where(executions.c.id == bindparam("eid"))
-            .values(pid=bindparam("pid_"), started_at=bindparam("started")),
-            params,
-        )
+        conn.execute(_PIDS, params)
 
 
 def insert_logs(conn: Connection, lines: Sequence[LogRow]) -> None:
@@ -278,8 +295,13 @@ def insert_logs(conn: Connection, lines: Sequence[LogRow]) -> None:
         conn.execute(
             insert(execution_logs),
             [
-                {"execution_id": x.execution_id, "seq": x.seq, "ts": iso(x.ts),
-                 "stream": x.stream, "line": x.line}
+                {
+                    "execution_id": x.execution_id,
+                    "seq": x.seq,
+                    "ts": iso(x.ts),
+                    "stream": x.stream,
+                    "line": x.line,
+                }
                 for x in lines
             ],
         )
@@ -290,9 +312,16 @@ def insert_alerts(conn: Connection, rows: Sequence[NewAlert], now: datetime) -> 
         conn.execute(
             insert(alerts),
             [
-                {"execution_id": a.execution_id, "task_id": a.task_id, "file_path": a.file_path,
-                 "task": a.task, "task_time": iso(a.task_time) if a.task_time else None,
-                 "kind": a.kind, "msg": a.msg, "created_at": iso(now)}
+                {
+                    "execution_id": a.execution_id,
+                    "task_id": a.task_id,
+                    "file_path": a.file_path,
+                    "task": a.task,
+                    "task_time": iso(a.task_time) if a.task_time else None,
+                    "kind": a.kind,
+                    "msg": a.msg,
+                    "created_at": iso(now),
+                }
                 for a in rows
             ],
         )
@@ -336,11 +365,7 @@ def count_by_status(conn: Connection, statuses: Iterable[Status]) -> int:
 
 def next_queued_time(conn: Connection) -> datetime | None:
     """The earliest ``not_before`` of a queued row, or None when nothing is queued."""
-    value = conn.scalar(
-        select(func.min(executions.c.not_before)).where(
-            executions.c.status == Status.QUEUED.value
-        )
-    )
+    value = conn.scalar(_NEXT_QUEUED)
     return from_iso(value) if value else None
 
 
@@ -374,8 +399,13 @@ def phase_states(conn: Connection) -> dict[tuple[str, str], PhaseState]:
     result = {}
     for r in conn.execute(select(phase_state)):
         result[(r.file_path, r.task)] = PhaseState(
-            r.file_path, r.task, from_iso(r.first_seen), from_iso(r.evaluated_until), r.cron,
-            _time(r.next_fire), bool(r.paused),
+            r.file_path,
+            r.task,
+            from_iso(r.first_seen),
+            from_iso(r.evaluated_until),
+            r.cron,
+            _time(r.next_fire),
+            bool(r.paused),
         )
     return result
 
@@ -386,9 +416,14 @@ def save_phase_states(conn: Connection, states: Sequence[PhaseState]) -> None:
     if not states:
         return
     params = [
-        {"fp": s.file_path, "tk": s.task, "p_first": iso(s.first_seen),
-         "p_eval": iso(s.evaluated_until), "p_cron": s.cron,
-         "p_next": iso(s.next_fire) if s.next_fire else None}
+        {
+            "fp": s.file_path,
+            "tk": s.task,
+            "p_first": iso(s.first_seen),
+            "p_eval": iso(s.evaluated_until),
+            "p_cron": s.cron,
+            "p_next": iso(s.next_fire) if s.next_fire else None,
+        }
         for s in states
     ]
     where = and_(phase_state.c.file_path == bindparam("fp"), phase_state.c.task == bindparam("tk"))
@@ -400,8 +435,11 @@ def save_phase_states(conn: Connection, states: Sequence[PhaseState]) -> None:
     new = [p for p in params if (p["fp"], p["tk"]) not in stored]
     if old:
         conn.execute(
-            update(phase_state).where(where).values(
-                evaluated_until=bindparam("p_eval"), cron=bindparam("p_cron"),
+            update(phase_state)
+            .where(where)
+            .values(
+                evaluated_until=bindparam("p_eval"),
+                cron=bindparam("p_cron"),
                 next_fire=bindparam("p_next"),
             ),
             old,
@@ -409,9 +447,18 @@ def save_phase_states(conn: Connection, states: Sequence[PhaseState]) -> None:
     if new:
         conn.execute(
             insert(phase_state),
-            [{"file_path": p["fp"], "task": p["tk"], "first_seen": p["p_first"],
-              "evaluated_until": p["p_eval"], "cron": p["p_cron"],
-              "next_fire": p["p_next"], "paused": 0} for p in new],
+            [
+                {
+                    "file_path": p["fp"],
+                    "task": p["tk"],
+                    "first_seen": p["p_first"],
+                    "evaluated_until": p["p_eval"],
+                    "cron": p["p_cron"],
+                    "next_fire": p["p_next"],
+                    "paused": 0,
+                }
+                for p in new
+            ],
         )
 
 
