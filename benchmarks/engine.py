@@ -177,21 +177,29 @@ def cron_lateness(phases: int, single_seconds: int) -> None:
 
 
 def _run_daemon(workflow: str, until: datetime) -> list[tuple[datetime, datetime]]:
-    """Run the real loop until ``until``; (created_at, scheduled time) of each cron row."""
+    """Run the real loop until ``until``; for each cron row, (the moment another connection
+    first saw it committed, its scheduled time). The watcher polls every millisecond."""
     bench = Bench(workflow, 4, python_worker=True)
     stop = threading.Event()
     loop = threading.Thread(target=bench.engine.run_forever, args=(stop,))
+    seen: list[tuple[datetime, datetime]] = []
+    last_id = 0
     try:
         loop.start()
         while datetime.now(UTC) < until:
-            time.sleep(0.05)
-        stop.set()
-        loop.join()
-        with bench.db.read() as conn:
-            rows = conn.execute(select(executions.c.created_at, executions.c.fire_key)).all()
-        return [(from_iso(r.created_at), from_iso(r.fire_key.split("#")[0])) for r in rows]
+            with bench.db.read() as conn:
+                rows = conn.execute(
+                    select(executions.c.id, executions.c.fire_key).where(executions.c.id > last_id)
+                ).all()
+            at = datetime.now(UTC)
+            for row in rows:
+                seen.append((at, from_iso(row.fire_key.split("#")[0])))
+                last_id = max(last_id, row.id)
+            time.sleep(0.001)
+        return seen
     finally:
         stop.set()
+        loop.join()
         bench.close()
 
 

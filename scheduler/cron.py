@@ -202,20 +202,23 @@ def _check_fires(schedule: CronSchedule) -> None:
 # next_after is a step function of `after`: for every a in [after, nxt) the answer is nxt. Keeping
 # the last interval per (schedule, zone) makes the engine's "is anything due?" check on every
 # tick a dictionary lookup. Races between threads only cost a recomputation.
-_MEMO: dict[tuple[CronSchedule, ZoneInfo], tuple[datetime, datetime]] = {}
+_MEMO: dict[tuple[CronSchedule, ZoneInfo], list[tuple[datetime, datetime]]] = {}
 _MEMO_LIMIT = 16384
+_MEMO_INTERVALS = 4  # per schedule: many phases sharing a cron ask about a few neighbouring times
 _LOCAL = threading.local()
 
 
 def _memo_next(schedule: CronSchedule, tz: ZoneInfo, after: datetime) -> datetime:
     key = (schedule, tz)
-    hit = _MEMO.get(key)
-    if hit is not None and hit[0] <= after < hit[1]:
-        return hit[1]
+    intervals = _MEMO.get(key)
+    if intervals is not None:
+        for low, nxt in intervals:
+            if low <= after < nxt:
+                return nxt
     nxt = _next_wall_fire(schedule, tz, after)
     if len(_MEMO) >= _MEMO_LIMIT:
         _MEMO.clear()
-    _MEMO[key] = (after, nxt)
+    _MEMO[key] = [(after, nxt), *(intervals or [])][:_MEMO_INTERVALS]
     return nxt
 
 
