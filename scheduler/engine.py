@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,10 +32,10 @@ from scheduler.catalog import Catalog
 from scheduler.clock import Clock
 from scheduler.config import Config
 from scheduler.errors import TomlflowError
-from scheduler.executor import Executor, Launch, Outcome, Result
-from scheduler.followup import FollowUp, after_end
+from scheduler.executor import Executor, Launch, Outcome, Result, kill_orphan
+from scheduler.followup import FollowUp, after_end, resume_row
 from scheduler.retry import draw_jitter
-from scheduler.store import history
+from scheduler.store import history, lease
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
 from scheduler.validation import PhaseSpec
@@ -42,6 +43,7 @@ from scheduler.validation import PhaseSpec
 log = logging.getLogger(__name__)
 
 PhaseKey = tuple[str, str]
+ORPHANED = "scheduler stopped during execution"
 IDLE_POLL = timedelta(seconds=1)  # how often an idle daemon looks for rows queued by others
 _CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
 
@@ -96,6 +98,7 @@ class Engine:
         self._early: list[Outcome] = []
         self._not_before: list[datetime] = []  # heap: future not_before of rows we queued
         self._next_poll: datetime | None = None
+        self._heartbeat: datetime | None = None  # set while this engine holds the lease
         self._next_refresh: datetime | None = None
         self.refresh_requested = threading.Event()
 
@@ -108,6 +111,9 @@ class Engine:
         outcomes, self._early = self._early + self.executor.collect(0), []
         started = self.executor.started()
         with self.db.write() as conn:
+            if self._heartbeat is not None and now - self._heartbeat >= lease.HEARTBEAT_EVERY:
+                lease.renew(conn, now)
+                self._heartbeat = now
             if fire_cron:
                 report.fired = self._fire_cron(conn, snapshot, now)
             self._record(conn, snapshot, outcomes, started, now, report)
@@ -310,25 +316,82 @@ class Engine:
         if not self._early:
             self.clock.sleep(seconds)
 
+    def start(self) -> None:
+        """Take the lease (raises LeaseHeld) and close what a stopped scheduler left running."""
+        now = self.clock.now()
+        snapshot = self._refresh_if_due(now)
+        with self.db.write() as conn:
+            replaced = lease.acquire(conn, now)
+            if replaced is not None:
+                log.warning("took over the lease of pid %d on %s", replaced.pid, replaced.host)
+            local = replaced is None or replaced.host == socket.gethostname()
+            self._recover(conn, snapshot, now, kill=local)
+        self._heartbeat = now
+
+    def stop(self) -> None:
+        """Give the lease up."""
+        if self._heartbeat is not None:
+            with self.db.write() as conn:
+                lease.release(conn)
+            self._heartbeat = None
+
+    def _recover(self, conn: Connection, snapshot: Snapshot, now: datetime, kill: bool) -> None:
+        """Executions left ``running`` by a stopped scheduler end as errors; retries apply."""
+        orphans = history.running_executions(conn)
+        finishes, follow = [], FollowUp()
+        for execution in orphans:
+            if kill and execution.pid and kill_orphan(execution.pid, execution.id):
+                log.warning(
+                    "killed orphaned process group %d of execution %d", execution.pid, execution.id
+                )
+            started = execution.started_at or now
+            finishes.append(Finish(execution.id, Status.ERROR, ORPHANED, None, started, now))
+            key = (execution.file_path, execution.task)
+            released = after_end(
+                execution,
+                Status.ERROR,
+                ORPHANED,
+                {},
+                snapshot.specs.get(key),
+                snapshot.children.get(key, []),
+                now,
+                draw_jitter(self.rng),
+                self.workflows,
+            )
+            follow.rows.extend(released.rows)
+            follow.alerts.extend(released.alerts)
+        history.record_finishes(conn, finishes)
+        history.insert_executions(conn, follow.rows, now)
+        history.insert_alerts(conn, follow.alerts, now)
+        if orphans:
+            log.warning("closed %d executions left running by a stopped scheduler", len(orphans))
+
     def run_forever(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set; then stop the executor within the shutdown grace."""
-        while not stop.is_set():
-            now = self.clock.now()
-            self.tick(now)
-            self.wait(self.next_wakeup(self.clock.now()))
-        self.shutdown()
+        self.start()
+        try:
+            while not stop.is_set():
+                self.tick(self.clock.now())
+                self.wait(self.next_wakeup(self.clock.now()))
+        finally:
+            self.shutdown()
+            self.stop()
 
     def run_once(self) -> TickReport:
         """Fire what is due now, then run everything queued (children, retries) to the end."""
+        self.start()
         total = TickReport()
         first = True
-        while True:
-            report = self.tick(self.clock.now(), fire_cron=first)
-            first = False
-            _add(total, report)
-            if self._idle() and self._queue_empty():
-                return total
-            self.wait(self.next_wakeup(self.clock.now()))
+        try:
+            while True:
+                report = self.tick(self.clock.now(), fire_cron=first)
+                first = False
+                _add(total, report)
+                if self._idle() and self._queue_empty():
+                    return total
+                self.wait(self.next_wakeup(self.clock.now()))
+        finally:
+            self.stop()
 
     def _idle(self) -> bool:
         """Nothing running and no outcome left uncollected (kept for the next tick if any)."""
@@ -342,12 +405,22 @@ class Engine:
             return history.next_queued_time(conn) is None
 
     def shutdown(self) -> None:
-        """Give running executions the grace period, then record them cancelled."""
+        """Give running executions the grace period, then record them cancelled; each cancelled
+        one is queued again, so the next scheduler to run picks it up."""
         grace = self.config.shutdown_grace.total_seconds()
+        running = dict(self._running)
         outcomes, self._early = self._early + self.executor.shutdown(grace), []
-        if outcomes and self._snapshot is not None:
-            with self.db.write() as conn:
-                self._record(conn, self._snapshot, outcomes, [], self.clock.now(), TickReport())
+        if not outcomes or self._snapshot is None:
+            return
+        now = self.clock.now()
+        resumed = [
+            resume_row(running[o.execution_id], now)
+            for o in outcomes
+            if o.result is Result.CANCELLED and o.execution_id in running
+        ]
+        with self.db.write() as conn:
+            self._record(conn, self._snapshot, outcomes, [], now, TickReport())
+            history.insert_executions(conn, resumed, now)
 
 
 def _needs_planning(

@@ -970,3 +970,20 @@ def _call(launch: Launch) -> tuple[Result, str, Mapping[str, str]]:
     except Exception as exc:  # the callable's failure is its result, by contract
         return Result.ERROR, f"{type(exc).__name__}: {exc}", {}
     return reply.result, reply.msg, reply.meta
+
+
+def kill_orphan(pid: int, execution_id: int) -> bool:
+    """Kill the process group a previous scheduler left running for ``execution_id``.
+
+    The group is killed only if its leader still carries ``TOMLFLOW_EXECUTION_ID`` for this
+    execution (read from /proc), so a recycled pid is never signalled. True if it was killed.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as env:
+            marker = f"TOMLFLOW_EXECUTION_ID={execution_id}".encode()
+            if marker not in env.read().split(b"\0"):
+                return False
+        os.killpg(pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        return False
+    return True

@@ -135,6 +135,22 @@ def retry_row(execution: Execution, spec: PhaseSpec, now: datetime, jitter: floa
     )
 
 
+def resume_row(execution: Execution, now: datetime) -> NewExecution:
+    """A fresh attempt of an execution a shutdown cancelled: it runs when a scheduler next does."""
+    return NewExecution(
+        task_id=execution.task_id,
+        file_path=execution.file_path,
+        task=execution.task,
+        task_time=execution.task_time,
+        trigger=Trigger.RETRY,
+        info=execution.info,
+        meta=dict(execution.meta),
+        not_before=now,
+        attempt=execution.attempt + 1,
+        parent_execution_id=execution.parent_execution_id,
+    )
+
+
 def _alert(execution: Execution, kind: str, msg: str) -> NewAlert:
     return NewAlert(
         execution_id=execution.id,

@@ -327,6 +327,11 @@ def insert_alerts(conn: Connection, rows: Sequence[NewAlert], now: datetime) -> 
         )
 
 
+def running_executions(conn: Connection) -> list[Execution]:
+    query = select(executions).where(executions.c.status == Status.RUNNING.value)
+    return [Execution.from_row(row) for row in conn.execute(query)]
+
+
 def get_execution(conn: Connection, execution_id: int) -> Execution | None:
     row = conn.execute(select(executions).where(executions.c.id == execution_id)).first()
     return Execution.from_row(row) if row else None

@@ -124,6 +124,17 @@ alerts = Table(
     Index("ix_alerts_created", "created_at"),
 )
 
+# One row while a scheduler runs (store/lease.py): who holds the database, and since when.
+scheduler_lease = Table(
+    "scheduler_lease",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("since", String(32), nullable=False),
+    Column("heartbeat", String(32), nullable=False),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
