@@ -77,7 +77,7 @@ class Bench:
         self.db = Database(self.config.database)
         clock = SystemClock()
         self.engine = Engine(self.config, self.db, LocalExecutor(max_workers, clock.now), clock)
-        self.engine.tick(clock.now())
+        self.engine.catalog.refresh()
 
     def trigger(self, task: str) -> None:
         spec = self.engine.catalog.get(task)

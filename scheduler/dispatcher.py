@@ -14,11 +14,12 @@ import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from scheduler import templates
 from scheduler.config import Config
 from scheduler.errors import ExecutorError
-from scheduler.executor import Launch
+from scheduler.executor import Launch, Reply, Result
 from scheduler.store.history import Execution
 from scheduler.validation import PhaseSpec
 
@@ -83,7 +84,7 @@ def build_launch(execution: Execution, spec: PhaseSpec, config: Config) -> Launc
 
 
 @functools.cache
-def python_worker(target: str) -> Callable[[Launch], object]:
+def python_worker(target: str) -> Callable[[Launch], Result | Reply | None]:
     """Import ``package.module:function``; raises ExecutorError when it cannot be found."""
     module_name, _, attribute = target.partition(":")
     try:
@@ -94,7 +95,7 @@ def python_worker(target: str) -> Callable[[Launch], object]:
         raise ExecutorError(f"python worker {target}: {exc}") from None
     if not callable(value):
         raise ExecutorError(f"python worker {target}: not callable")
-    return value
+    return cast(Callable[[Launch], Result | Reply | None], value)
 
 
 def _with_info(command: str, info: str, shell: bool) -> str | list[str]:

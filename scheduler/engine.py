@@ -99,6 +99,9 @@ class Engine:
         self._not_before: list[datetime] = []  # heap: future not_before of rows we queued
         self._next_poll: datetime | None = None
         self._heartbeat: datetime | None = None  # set while this engine holds the lease
+        self._backlog = True  # whether the last claim may have left ready rows behind
+        # Whether a queued row may be ready to start: when false, a tick skips the claim query.
+        self._maybe_ready = True
         self._next_refresh: datetime | None = None
         self.refresh_requested = threading.Event()
 
@@ -116,8 +119,10 @@ class Engine:
                 self._heartbeat = now
             if fire_cron:
                 report.fired = self._fire_cron(conn, snapshot, now)
-            self._record(conn, snapshot, outcomes, started, now, report)
-            launches = self._claim(conn, snapshot, now, report)
+                self._maybe_ready = self._maybe_ready or report.fired > 0
+            claimed = self._record(conn, snapshot, outcomes, started, now, report)
+            launches = self._launch(conn, snapshot, claimed, now, report)
+            launches += self._claim(conn, snapshot, now, report)
         for launch in launches:
             self.executor.submit(launch)
         report.started = len(launches)
@@ -175,10 +180,13 @@ class Engine:
         started: list[tuple[int, int | None, datetime]],
         now: datetime,
         report: TickReport,
-    ) -> None:
+    ) -> list[Execution]:
+        """Record ends and what they release; returns released rows claimed at once."""
         done = {o.execution_id for o in outcomes}
         history.record_pids(conn, [s for s in started if s[0] not in done])
-        finishes, logs, follow = [], [], FollowUp()
+        finishes: list[Finish] = []
+        logs: list[LogRow] = []
+        follow = FollowUp()
         for outcome in outcomes:
             execution = self._running.pop(outcome.execution_id, None)
             if execution is None:
@@ -193,12 +201,38 @@ class Engine:
                 report.failed += 1
         history.record_finishes(conn, finishes)
         history.insert_logs(conn, logs)
-        history.insert_executions(conn, follow.rows, now)
-        for row in follow.rows:
+        direct, queued = self._split_direct(snapshot, follow.rows, now)
+        history.insert_executions(conn, queued, now)
+        for row in queued:
             if row.not_before > now:
                 heapq.heappush(self._not_before, row.not_before)
+            elif row.status is Status.QUEUED:
+                self._maybe_ready = True
         history.insert_alerts(conn, follow.alerts, now)
         report.finished = len(finishes)
+        return history.insert_claimed(conn, direct, now)
+
+    def _split_direct(
+        self, snapshot: Snapshot, rows: list[NewExecution], now: datetime
+    ) -> tuple[list[NewExecution], list[NewExecution]]:
+        """Released rows that may start at once, skipping the queue, and the rest.
+
+        Only when no older row waits (the last claim emptied the queue) and no phase has a
+        concurrency limit; otherwise everything goes through the queue, oldest first.
+        """
+        free = self.config.max_workers - self.executor.running()
+        if self._backlog or snapshot.limited or free <= 0:
+            return [], rows
+        direct: list[NewExecution] = []
+        queued: list[NewExecution] = []
+        for row in rows:
+            ready = row.status is Status.QUEUED and row.not_before <= now
+            runnable = ready and (spec := snapshot.specs.get((row.file_path, row.task)))
+            if runnable and spec and spec.runnable and len(direct) < free:
+                direct.append(row)
+            else:
+                queued.append(row)
+        return direct, queued
 
     def _end(
         self, execution: Execution, outcome: Outcome, snapshot: Snapshot, now: datetime
@@ -236,7 +270,7 @@ class Engine:
         self, conn: Connection, snapshot: Snapshot, now: datetime, report: TickReport
     ) -> list[Launch]:
         free = self.config.max_workers - self.executor.running()
-        if free <= 0:
+        if free <= 0 or not self._maybe_ready:
             return []
         slack = _CANDIDATE_SLACK if snapshot.limited else 0
         candidates = history.queued_ready(conn, now, free + slack)
@@ -250,6 +284,19 @@ class Engine:
             dispatcher.Slots(free, per_phase),
         )
         history.mark_running(conn, [e.id for e in chosen], now)
+        self._backlog = len(candidates) >= free + slack
+        self._maybe_ready = self._backlog
+        return self._launch(conn, snapshot, chosen, now, report)
+
+    def _launch(
+        self,
+        conn: Connection,
+        snapshot: Snapshot,
+        chosen: list[Execution],
+        now: datetime,
+        report: TickReport,
+    ) -> list[Launch]:
+        """Launches for executions just marked running; one that cannot start ends as error."""
         launches, failures = [], []
         for execution in chosen:
             spec = snapshot.specs[(execution.file_path, execution.task)]
@@ -286,6 +333,7 @@ class Engine:
         """When something may next be due: a cron fire, a queued row, a refresh, or a poll."""
         while self._not_before and self._not_before[0] <= now:
             heapq.heappop(self._not_before)  # due now: the next tick claims it
+            self._maybe_ready = True
         if self._next_poll is None or now >= self._next_poll:
             # Rows queued by others (the command line, another process) are found by this poll.
             self._next_poll = now + IDLE_POLL
@@ -293,6 +341,8 @@ class Engine:
                 queued = history.next_queued_time(conn)
             if queued is not None and queued > now:
                 heapq.heappush(self._not_before, queued)
+            elif queued is not None:
+                self._maybe_ready = True
         candidates = [self._next_poll]
         if self._next_refresh is not None:
             candidates.append(self._next_refresh)
@@ -418,6 +468,7 @@ class Engine:
             for o in outcomes
             if o.result is Result.CANCELLED and o.execution_id in running
         ]
+        self._backlog = True  # nothing may start now: released rows stay queued
         with self.db.write() as conn:
             self._record(conn, self._snapshot, outcomes, [], now, TickReport())
             history.insert_executions(conn, resumed, now)

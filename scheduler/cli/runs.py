@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 import click
 from rich.table import Table
@@ -200,7 +201,7 @@ def status(config_path: str | None, as_json: bool) -> int:
         with app.db.read() as conn:
             latest = history.latest_by_phase(conn)
             states = history.phase_states(conn)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for spec in specs:
         key = (spec.file_path, spec.task)
         last, state = latest.get(key), states.get(key)
@@ -221,11 +222,10 @@ def status(config_path: str | None, as_json: bool) -> int:
         return ExitCode.OK
     table = Table("file", "task", "last", "task time", "ended", "next fire", "paused", box=None)
     for r in rows:
-        last = r["last_status"] or "-"
         table.add_row(
             r["file_path"],
             r["task"],
-            _colour(last),
+            _colour(r["last_status"] or "-"),
             r["last_task_time"] or "-",
             r["last_ended_at"] or "-",
             r["next_fire"] or "-",

@@ -196,6 +196,22 @@ def insert_executions(conn: Connection, rows: Sequence[NewExecution], now: datet
     return inserted
 
 
+_INSERT_CLAIMED = insert(executions).returning(*executions.c, sort_by_parameter_order=True)
+
+
+def insert_claimed(
+    conn: Connection, rows: Sequence[NewExecution], now: datetime
+) -> list[Execution]:
+    """Insert rows that start at once (status running) and return them with their ids."""
+    if not rows:
+        return []
+    started = iso(now)
+    values = [
+        {**row.values(now), "status": Status.RUNNING.value, "started_at": started} for row in rows
+    ]
+    return [Execution.from_row(r) for r in conn.execute(_INSERT_CLAIMED, values)]
+
+
 def _insert_ignoring_duplicates(conn: Connection) -> Insert:
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
     if dialect is None:
