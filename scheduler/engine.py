@@ -21,6 +21,7 @@ import random
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -57,6 +58,8 @@ class TickReport:
     started: int = 0
     failed: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    fires: list[NewExecution] = field(default_factory=list)  # cron rows this tick inserted
+    ended: list[tuple[Execution, Finish]] = field(default_factory=list)
 
 
 class Snapshot:
@@ -118,7 +121,7 @@ class Engine:
                 lease.renew(conn, now)
                 self._heartbeat = now
             if fire_cron:
-                report.fired = self._fire_cron(conn, snapshot, now)
+                report.fired = self._fire_cron(conn, snapshot, now, report)
                 self._maybe_ready = self._maybe_ready or report.fired > 0
             claimed = self._record(conn, snapshot, outcomes, started, now, report)
             launches = self._launch(conn, snapshot, claimed, now, report)
@@ -146,7 +149,9 @@ class Engine:
 
     # -- cron -------------------------------------------------------------------------------
 
-    def _fire_cron(self, conn: Connection, snapshot: Snapshot, now: datetime) -> int:
+    def _fire_cron(
+        self, conn: Connection, snapshot: Snapshot, now: datetime, report: TickReport
+    ) -> int:
         paused = history.paused_phases(conn)
         rows: list[NewExecution] = []
         states: list[PhaseState] = []
@@ -161,7 +166,10 @@ class Engine:
             for fire in plan.fires:
                 rows.extend(self._rows_or_error(fire, now))
         history.save_phase_states(conn, states)
-        return history.insert_executions(conn, rows, now)
+        inserted = history.insert_executions(conn, rows, now)
+        if inserted:
+            report.fires.extend(rows)
+        return inserted
 
     def _rows_or_error(self, fire: planner.Fire, now: datetime) -> list[NewExecution]:
         try:
@@ -197,6 +205,7 @@ class Engine:
             follow.rows.extend(released.rows)
             follow.alerts.extend(released.alerts)
             report.statuses[finish.status.value] += 1
+            report.ended.append((execution, finish))
             if finish.status in (Status.ERROR, Status.ALERT) and not released.rows:
                 report.failed += 1
         history.record_finishes(conn, finishes)
@@ -416,18 +425,25 @@ class Engine:
         if orphans:
             log.warning("closed %d executions left running by a stopped scheduler", len(orphans))
 
-    def run_forever(self, stop: threading.Event) -> None:
-        """Tick until ``stop`` is set; then stop the executor within the shutdown grace."""
+    def run_forever(
+        self, stop: threading.Event, on_tick: Callable[[TickReport], None] | None = None
+    ) -> None:
+        """Tick until ``stop`` is set; then stop the executor within the shutdown grace.
+
+        ``on_tick`` sees every tick's report (the command line prints from it).
+        """
         self.start()
         try:
             while not stop.is_set():
-                self.tick(self.clock.now())
+                report = self.tick(self.clock.now())
+                if on_tick is not None:
+                    on_tick(report)
                 self.wait(self.next_wakeup(self.clock.now()))
         finally:
             self.shutdown()
             self.stop()
 
-    def run_once(self) -> TickReport:
+    def run_once(self, on_tick: Callable[[TickReport], None] | None = None) -> TickReport:
         """Fire what is due now, then run everything queued (children, retries) to the end."""
         self.start()
         total = TickReport()
@@ -435,6 +451,8 @@ class Engine:
         try:
             while True:
                 report = self.tick(self.clock.now(), fire_cron=first)
+                if on_tick is not None:
+                    on_tick(report)
                 first = False
                 _add(total, report)
                 if self._idle() and self._queue_empty():

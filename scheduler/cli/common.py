@@ -29,7 +29,14 @@ class ExitCode(IntEnum):
 
 
 def out_console() -> Console:
-    return Console(file=sys.stdout, soft_wrap=True)
+    # Piped output (a file, grep, a test) gets room for whole rows instead of 80 columns.
+    width = None if sys.stdout.isatty() else 200
+    return Console(file=sys.stdout, soft_wrap=True, width=width)
+
+
+def short_time(text: str | None) -> str:
+    """``2024-01-02T13:00:00.000000Z`` → ``2024-01-02 13:00:00`` for tables; ``-`` for none."""
+    return text[:19].replace("T", " ") if text else "-"
 
 
 def err_console() -> Console:

@@ -11,9 +11,10 @@ from types import FrameType
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.table import Table
 
-from scheduler import planner
+from scheduler import planner, timing
 from scheduler.cli.common import (
     App,
     ExitCode,
@@ -22,9 +23,10 @@ from scheduler.cli.common import (
     open_app,
     out_console,
     print_json,
+    short_time,
 )
 from scheduler.clock import SystemClock
-from scheduler.engine import Engine
+from scheduler.engine import Engine, TickReport
 from scheduler.errors import TaskNotFound, TomlflowError
 from scheduler.executor import LocalExecutor
 from scheduler.store import history
@@ -61,20 +63,39 @@ def _engine(app: App) -> Iterator[Engine]:
 def run(config_path: str | None, once: bool) -> int:
     """Run the scheduler (Ctrl-C stops it cleanly)."""
     with open_app(config_path) as app, _engine(app) as engine:
+        console = out_console()
         if once:
-            report = engine.run_once()
+            report = engine.run_once(on_tick=lambda r: _print_tick(console, r))
             summary = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
-            out_console().print(
+            console.print(
                 f"ran {report.finished} executions: {summary or 'nothing due'}", highlight=False
             )
             return ExitCode.FAILED if report.failed else ExitCode.OK
         stop = threading.Event()
         with _signals(stop, engine):
-            out_console().print(
+            console.print(
                 f"tomlflow running on {app.config.workflows} (Ctrl-C stops)", highlight=False
             )
-            engine.run_forever(stop)
+            engine.run_forever(stop, on_tick=lambda r: _print_tick(console, r))
     return ExitCode.OK
+
+
+def _print_tick(console: Console, report: TickReport) -> None:
+    """One line per cron fire and per ended execution, as they happen."""
+    clock = datetime.now(UTC).strftime("%H:%M:%S")
+    for row in report.fires:
+        when = iso(row.task_time)[:16] if row.task_time else "-"
+        console.print(
+            f"{clock} [blue]{'fired':<8}[/] {_escape(row.task)} for {when}", highlight=False
+        )
+    for execution, finish in report.ended:
+        seconds = (finish.ended_at - finish.started_at).total_seconds()
+        label = _colour(finish.status.value, width=8)
+        msg = f": {_escape(finish.msg)}" if finish.msg else ""
+        console.print(
+            f"{clock} {label:<8} {_escape(execution.task)} #{execution.id} ({seconds:.2f}s){msg}",
+            highlight=False,
+        )
 
 
 @contextmanager
@@ -214,7 +235,7 @@ def status(config_path: str | None, as_json: bool) -> int:
                 "last_status": last.status.value if last else None,
                 "last_task_time": iso(last.task_time) if last and last.task_time else None,
                 "last_ended_at": iso(last.ended_at) if last and last.ended_at else None,
-                "next_fire": iso(state.next_fire) if state and state.next_fire else None,
+                "next_fire": _next_fire(spec, state, app.config.timezone),
             }
         )
     if as_json:
@@ -226,9 +247,9 @@ def status(config_path: str | None, as_json: bool) -> int:
             r["file_path"],
             r["task"],
             _colour(r["last_status"] or "-"),
-            r["last_task_time"] or "-",
-            r["last_ended_at"] or "-",
-            r["next_fire"] or "-",
+            short_time(r["last_task_time"]),
+            short_time(r["last_ended_at"]),
+            short_time(r["next_fire"]),
             "yes" if r["paused"] else "",
         )
     out_console().print(table)
@@ -255,11 +276,11 @@ def history_cmd(
         table.add_row(
             str(r.id),
             r.task,
-            iso(r.task_time) if r.task_time else "-",
+            short_time(iso(r.task_time) if r.task_time else None),
             r.trigger.value,
             str(r.attempt),
             _colour(r.status.value),
-            iso(r.started_at) if r.started_at else "-",
+            short_time(iso(r.started_at) if r.started_at else None),
             _escape(r.msg),
         )
     out_console().print(table)
@@ -300,9 +321,20 @@ def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
     return ExitCode.OK
 
 
-def _colour(status_text: str) -> str:
+def _next_fire(spec: PhaseSpec, state: history.PhaseState | None, default_tz: str) -> str | None:
+    """The stored next fire; for a cron phase no scheduler has seen yet, the one from now."""
+    if state is not None and state.next_fire is not None:
+        return iso(state.next_fire)
+    if spec.runnable and spec.rule is not None and spec.rule.cron is not None:
+        zone = planner.zone_of(spec, default_tz)
+        return iso(timing.next_fire(spec.rule.cron, zone, datetime.now(UTC)))
+    return None
+
+
+def _colour(status_text: str, width: int = 0) -> str:
     colour = _STATUS_COLOURS.get(status_text)
-    return f"[{colour}]{status_text}[/]" if colour else status_text
+    padded = status_text.ljust(width)
+    return f"[{colour}]{padded}[/]" if colour else padded
 
 
 def _escape(text: str) -> str:
