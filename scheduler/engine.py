@@ -22,7 +22,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
@@ -158,6 +158,8 @@ class Engine:
         for spec in snapshot.cron:
             key = (spec.file_path, spec.task)
             state = self._states.get(key)
+            if state is not None and state.paused != (key in paused):
+                state = replace(state, paused=key in paused)  # the command line flips it
             if not _needs_planning(spec, state, key in paused, now, self.config.timezone):
                 continue
             plan = planner.plan_cron(spec, state, now, self.config.timezone)

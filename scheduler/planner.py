@@ -93,11 +93,13 @@ def new_rows(
     task_id: str | None = None,
     parent_execution_id: int | None = None,
     fire_key: str | None = None,
+    stamp: bool = False,
 ) -> list[NewExecution]:
     """Queued rows for one firing of ``spec``: one per batch item (one when it is no batch).
 
     The template is rendered here, with the meta the row will carry, so ``info`` is fixed when
-    the row is queued and a retry runs exactly what the first attempt ran.
+    the row is queued and a retry runs exactly what the first attempt ran. With ``stamp``,
+    each row's meta ``cron`` is its own task time (flowlord's ``YYYY-MM-DDTHH``).
     """
     assert spec.rule is not None
     chain = task_id or uuid.uuid4().hex
@@ -110,6 +112,8 @@ def new_rows(
     for index, item in enumerate(items):
         when = item.task_time if task_time is not None else None
         row_meta = {**meta, **item.meta}
+        if stamp and when is not None:
+            row_meta["cron"] = cron_stamp(when)  # each batch step carries its own time
         rows.append(
             NewExecution(
                 task_id=chain,
@@ -131,8 +135,13 @@ def rows_for_fire(fire: Fire, now: datetime, workflows: Path) -> list[NewExecuti
     """The queued rows of a cron fire: task time = scheduled time + offset."""
     assert fire.spec.rule is not None
     task_time = task_time_for_fire(fire.scheduled, fire.spec.rule.offset)
-    meta = base_meta(fire.spec)
-    meta["cron"] = cron_stamp(task_time)
     return new_rows(
-        fire.spec, task_time, meta, Trigger.CRON, now, workflows, fire_key=iso(fire.scheduled)
+        fire.spec,
+        task_time,
+        base_meta(fire.spec),
+        Trigger.CRON,
+        now,
+        workflows,
+        fire_key=iso(fire.scheduled),
+        stamp=True,
     )

@@ -1,0 +1,292 @@
+"""Day-two commands: backfill, retry, pause, resume, prune."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scheduler import backfill as backfills
+from scheduler.cli.common import (
+    App,
+    ExitCode,
+    config_option,
+    json_option,
+    open_app,
+    out_console,
+    print_json,
+)
+from scheduler.durations import parse_duration
+from scheduler.errors import DurationError, TaskNotFound, TomlflowError
+from scheduler.rules import BatchBy
+from scheduler.store import history, reruns, retention
+from scheduler.store.history import NewExecution
+from scheduler.tasktime import iso, parse_at
+from scheduler.validation import PhaseSpec
+
+_file_option = click.option(
+    "--file", "file_path", metavar="FILE", help="Workflow file, when TASK is in several."
+)
+
+
+def find_phase(app: App, task: str, file_path: str | None) -> PhaseSpec:
+    """The phase named ``task`` (exactly, else by topic when that is unique), after a refresh.
+
+    Raises TaskNotFound, or UsageError when it is in several files and ``file_path`` is unset.
+    """
+    app.catalog.refresh()
+    specs = [s for s in app.catalog.phases() if file_path in (None, s.file_path)]
+    matches = [s for s in specs if s.task == task] or [
+        s for s in specs if ":" not in task and s.topic == task
+    ]
+    if not matches:
+        raise TaskNotFound(task)
+    if len(matches) > 1:
+        names = ", ".join(f"{s.file_path} [{s.task}]" for s in matches)
+        raise click.UsageError(f"{task!r} names several phases ({names}): use --file or topic:job")
+    return matches[0]
+
+
+def _runnable(spec: PhaseSpec) -> PhaseSpec:
+    if not spec.runnable:
+        raise TomlflowError(f"{spec.file_path} [{spec.task}]: phase has errors: {spec.status}")
+    return spec
+
+
+def _time(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_at(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _by(_ctx: click.Context, _param: click.Parameter, value: str | None) -> BatchBy | None:
+    try:
+        return backfills.parse_by(value) if value is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+# -- backfill ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("task")
+@click.option(
+    "--from", "start", metavar="TIME", help="First task time: 2024-01-02, …T13, RFC 3339."
+)
+@click.option("--to", "end", metavar="TIME", help="Last task time; before --from = newest first.")
+@click.option("--at", metavar="TIME", help="A single task time (sets --from and --to).")
+@click.option(
+    "--by", callback=_by, metavar="STEP", help="hour|day|week|month (default: the rule's)."
+)
+@click.option("--meta", "metas", multiple=True, metavar="KEY=V1,V2", help="Meta rows (repeatable).")
+@click.option(
+    "--meta-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON-lines file, one task per line per time.",
+)
+@click.option("--execute", is_flag=True, help="Queue the tasks (default: only show them).")
+@_file_option
+@config_option
+@json_option
+def backfill(
+    task: str,
+    start: str | None,
+    end: str | None,
+    at: str | None,
+    by: BatchBy | None,
+    metas: tuple[str, ...],
+    meta_file: Path | None,
+    execute: bool,
+    file_path: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> int:
+    """Show (or with --execute queue) TASK's runs over a range of task times."""
+    when = (_time(start, "--from"), _time(end, "--to"), _time(at, "--at"))
+    now = datetime.now(UTC)
+    low, high = backfills.time_range(*when, now)
+    with open_app(config_path) as app:
+        spec = _runnable(find_phase(app, task, file_path))
+        assert spec.rule is not None
+        step = by or spec.rule.batch_by
+        try:
+            rows = backfills.meta_rows(spec, metas, meta_file, app.config.workflow_root)
+            planned = backfills.plan(spec, low, high, step, rows, now)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        if execute:
+            with app.db.write() as conn:
+                history.insert_executions(conn, planned, now)
+    _report_backfill(spec, step, planned, execute, as_json)
+    return ExitCode.OK
+
+
+def _report_backfill(
+    spec: PhaseSpec, by: BatchBy, planned: list[NewExecution], executed: bool, as_json: bool
+) -> None:
+    tasks = [_task_dict(row) for row in planned]
+    if as_json:
+        print_json(
+            {
+                "executed": executed,
+                "file_path": spec.file_path,
+                "task": spec.task,
+                "by": by.value,
+                "count": len(tasks),
+                "tasks": tasks,
+            }
+        )
+        return
+    done = "queued" if executed else "dry run: would queue"
+    lines = [f"{done} {len(tasks)} tasks of {spec.file_path} [{spec.task}] by {by.value}"]
+    for label, item in (("first", tasks[:1]), ("last", tasks[1:][-1:])):
+        lines.extend(f"{label:5} {t['task_time']}  {t['info']}" for t in item)
+    if not executed and tasks:
+        lines.append("(add --execute to queue them; `tomlflow run` runs them)")
+    out_console().print("\n".join(lines), highlight=False, markup=False)
+
+
+def _task_dict(row: NewExecution) -> dict[str, Any]:
+    return {
+        "task_id": row.task_id,
+        "task": row.task,
+        "task_time": iso(row.task_time) if row.task_time else None,
+        "info": row.info,
+        "meta": dict(row.meta),
+    }
+
+
+# -- retry, pause, resume -------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("execution_id", type=int)
+@click.option(
+    "--downstream",
+    is_flag=True,
+    help="Also cancel the still-queued runs this execution released (the rerun releases anew).",
+)
+@config_option
+@json_option
+def retry(execution_id: int, downstream: bool, config_path: str | None, as_json: bool) -> int:
+    """Queue a new attempt of a finished execution (same chain, task time, command, meta).
+
+    When the new attempt completes it releases its children afresh, as every run does;
+    --downstream also cancels what the old run released and has not started yet, so that
+    nothing runs twice or on stale input. Finished descendants stay as history.
+    """
+    now = datetime.now(UTC)
+    with open_app(config_path) as app:
+        app.catalog.refresh()
+        with app.db.read() as conn:
+            execution = history.get_execution(conn, execution_id)
+        if execution is None:
+            raise TomlflowError(f"no execution with id {execution_id}")
+        spec = app.catalog.get(execution.task, execution.file_path)
+        if spec is None:
+            raise TomlflowError(f"{execution.file_path} [{execution.task}]: phase no longer exists")
+        _runnable(spec)
+        with app.db.write() as conn:
+            rerun = reruns.queue_rerun(conn, execution_id, downstream, now)
+    if as_json:
+        print_json(
+            {
+                "execution_id": rerun.execution_id,
+                "attempt": rerun.attempt,
+                "retry_of": execution_id,
+                "cancelled": list(rerun.cancelled),
+            }
+        )
+        return ExitCode.OK
+    text = f"queued execution {rerun.execution_id}: {execution.task} attempt {rerun.attempt}"
+    if rerun.cancelled:
+        text += f"; cancelled queued downstream {', '.join(map(str, rerun.cancelled))}"
+    out_console().print(text, highlight=False, markup=False)
+    return ExitCode.OK
+
+
+def _set_paused(task: str, file_path: str | None, config_path: str | None, paused: bool) -> int:
+    with open_app(config_path) as app:
+        spec = find_phase(app, task, file_path)
+        with app.db.write() as conn:
+            changed = reruns.set_paused(conn, spec.file_path, spec.task, paused, datetime.now(UTC))
+    word = "paused" if paused else "resumed"
+    state = word if changed else f"already {word}"
+    note = ""
+    if paused and not (spec.rule and spec.rule.cron):
+        note = " (it has no cron: pause only stops cron fires)"
+    out_console().print(
+        f"{spec.file_path} [{spec.task}]: {state}{note}", highlight=False, markup=False
+    )
+    return ExitCode.OK
+
+
+@click.command()
+@click.argument("task")
+@_file_option
+@config_option
+def pause(task: str, file_path: str | None, config_path: str | None) -> int:
+    """Stop TASK's cron fires until `resume` (trigger, backfill and retry still run it)."""
+    return _set_paused(task, file_path, config_path, True)
+
+
+@click.command()
+@click.argument("task")
+@_file_option
+@config_option
+def resume(task: str, file_path: str | None, config_path: str | None) -> int:
+    """Let TASK's cron fire again; times missed while paused follow its catchup policy."""
+    return _set_paused(task, file_path, config_path, False)
+
+
+# -- prune ----------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--older-than", "older_than", metavar="DURATION", help="e.g. 90d (default: config).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--batch", default=retention.DEFAULT_BATCH, show_default=True, type=click.IntRange(1))
+@config_option
+@json_option
+def prune(
+    older_than: str | None, dry_run: bool, batch: int, config_path: str | None, as_json: bool
+) -> int:
+    """Delete executions that ended long ago, with their logs and alerts (never workflows)."""
+    with open_app(config_path) as app:
+        age = _age(older_than) if older_than else app.config.retention
+        if age is None:
+            raise click.UsageError("give --older-than (e.g. 90d) or set [retention] executions")
+        cutoff = datetime.now(UTC) - age
+        counts = (
+            retention.count(app.db, cutoff) if dry_run else retention.prune(app.db, cutoff, batch)
+        )
+    if as_json:
+        print_json({"dry_run": dry_run, "cutoff": iso(cutoff), **asdict(counts)})
+        return ExitCode.OK
+    verb = "would delete" if dry_run else "deleted"
+    out_console().print(
+        f"{verb} {counts.executions} executions, {counts.logs} log lines, "
+        f"{counts.alerts} alerts (ended before {iso(cutoff)})",
+        highlight=False,
+    )
+    return ExitCode.OK
+
+
+def _age(text: str) -> timedelta:
+    try:
+        age = parse_duration(text)
+    except DurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    if age.total_seconds() < 0:
+        raise click.BadParameter("must not be negative", param_hint="--older-than")
+    return age
+
+
+COMMANDS = [backfill, retry, pause, resume, prune]
