@@ -36,7 +36,7 @@ from scheduler.errors import TomlflowError
 from scheduler.executor import Executor, Launch, Outcome, Result, kill_orphan
 from scheduler.followup import FollowUp, after_end, resume_row
 from scheduler.retry import draw_jitter
-from scheduler.store import history, lease
+from scheduler.store import history, lease, retention
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
 from scheduler.validation import PhaseSpec
@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 PhaseKey = tuple[str, str]
 ORPHANED = "scheduler stopped during execution"
-IDLE_POLL = timedelta(seconds=1)  # how often an idle daemon looks for rows queued by others
+IDLE_POLL = timedelta(seconds=1)
+PRUNE_EVERY = timedelta(days=1)  # how often an idle daemon looks for rows queued by others
 _CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
 
 
@@ -102,6 +103,7 @@ class Engine:
         self._not_before: list[datetime] = []  # heap: future not_before of rows we queued
         self._next_poll: datetime | None = None
         self._heartbeat: datetime | None = None  # set while this engine holds the lease
+        self._next_prune: datetime | None = None
         self._backlog = True  # whether the last claim may have left ready rows behind
         # Whether a queued row may be ready to start: when false, a tick skips the claim query.
         self._maybe_ready = True
@@ -440,10 +442,21 @@ class Engine:
                 report = self.tick(self.clock.now())
                 if on_tick is not None:
                     on_tick(report)
+                self._prune_if_due(self.clock.now())
                 self.wait(self.next_wakeup(self.clock.now()))
         finally:
             self.shutdown()
             self.stop()
+
+    def _prune_if_due(self, now: datetime) -> None:
+        """Apply ``[retention] executions`` once a day, in its own short transactions."""
+        keep = self.config.retention
+        if keep is None or (self._next_prune is not None and now < self._next_prune):
+            return
+        self._next_prune = now + PRUNE_EVERY
+        counts = retention.prune(self.db, now - keep)
+        if counts.executions:
+            log.info("pruned %d executions older than %s", counts.executions, keep)
 
     def run_once(self, on_tick: Callable[[TickReport], None] | None = None) -> TickReport:
         """Fire what is due now, then run everything queued (children, retries) to the end."""

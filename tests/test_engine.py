@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -505,3 +507,50 @@ def test_logs_are_recorded_per_execution(
     with db.read() as conn:
         lines = history.execution_logs_of(conn, row.id)
     assert sorted((x.stream, x.line) for x in lines) == [("stderr", "err"), ("stdout", "out")]
+
+
+def test_daemon_prunes_executions_older_than_the_retention(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
+) -> None:
+    # Given one execution that ended 60 days ago and one from yesterday, and 30 days retention
+    write_workflow(
+        "r.toml",
+        f"""
+        [[phase]]
+        task = "r"
+        rule = "cron=0 0 1 1 *"
+        template = "{PY} -c pass"
+    """,
+    )
+    start = clock.now()
+    with db.write() as conn:
+        for age in (60, 1):
+            when = start - timedelta(days=age)
+            row = history.NewExecution(
+                task_id="c",
+                file_path="r.toml",
+                task="r",
+                task_time=when,
+                trigger=history.Trigger.MANUAL,
+                info="",
+                meta={},
+                not_before=when,
+                status=Status.COMPLETE,
+            )
+            history.insert_executions(conn, [row], when)
+    engine = engine_for(retention=timedelta(days=30))
+
+    # When the daemon loop runs
+    stop = threading.Event()
+    loop = threading.Thread(target=engine.run_forever, args=(stop,))
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(all_rows(db)) != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        loop.join()
+
+    # Then only yesterday's execution is left
+    assert [r.task_time for r in all_rows(db)] == [start - timedelta(days=1)]
