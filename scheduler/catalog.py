@@ -3,7 +3,8 @@
 This is flowlord's workflow cache in Python: ``refresh()`` reloads only files whose md5 changed,
 adds new ones and deletes removed ones, and returns the changed keys (removed ones prefixed
 ``-``); ``search``, ``get`` and ``children`` answer from the store with flowlord's matching rules.
-Each file's update is one transaction, so one broken or slow file never holds up the others.
+A file that does not parse is recorded as broken (keeping its last good phases) and never stops
+the others; a file's row and its phases always commit in the same transaction.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from scheduler.validation import PhaseSpec, Severity, validate_file
 
 log = logging.getLogger(__name__)
 
+# Files written per transaction: one commit per file would dominate a cold load.
+FILES_PER_TRANSACTION = 100
+
 
 @dataclass(frozen=True)
 class RefreshResult:
@@ -44,6 +48,15 @@ class RefreshResult:
     def keys(self) -> list[str]:
         """flowlord's return value: changed keys, then removed ones as ``-key``."""
         return list(self.changed) + ["-" + key for key in self.removed]
+
+
+@dataclass(frozen=True)
+class _Update:
+    """One changed file, parsed and validated, ready to write."""
+
+    load: FileLoad
+    rows: tuple[PhaseRow, ...]
+    known: bool  # the store has a row for this file already
 
 
 class Catalog:
@@ -64,47 +77,61 @@ class Catalog:
         present = WorkflowSource(self.path).files()
         with self.db.read() as conn:
             known = file_rows(conn)
-        changed, errors = [], []
-        for key, path in present.items():
-            load = self._load_if_changed(key, path, known.get(key))
-            if load is None:
-                continue
-            changed.append(key)
-            if load.error:
-                errors.append((key, load.error))
+        updates = [
+            update
+            for key, path in present.items()
+            if (update := self._read_if_changed(key, path, known.get(key))) is not None
+        ]
         removed = [key for key in known if key not in present]
-        for key in removed:
-            with self.db.write() as conn:
-                remove_file(conn, key)
+        self._write(updates, removed)
+        changed = [update.load.file_path for update in updates]
+        errors = [(u.load.file_path, u.load.error) for u in updates if u.load.error]
         if changed or removed:
             log.info("workflows refreshed: %s", ", ".join(changed + ["-" + k for k in removed]))
         return RefreshResult(tuple(changed), tuple(removed), tuple(errors))
 
-    def _load_if_changed(self, key: str, path: Path, stored: FileRow | None) -> FileLoad | None:
-        """Parse and store ``path`` unless its md5 matches ``stored``; the load, or None."""
+    def _read_if_changed(self, key: str, path: Path, stored: FileRow | None) -> _Update | None:
+        """Read, parse and validate ``path`` unless its md5 matches ``stored``; else None."""
         try:
             data, modified = read_source(path)
         except OSError as exc:
             load = FileLoad(key, "", None, error=f"cannot read: {exc.strerror or exc}")
-            self._store(load)
-            return load
+            if stored is not None and (stored.file_hash, stored.error) == ("", load.error):
+                return None  # still unreadable the same way: nothing changed
+            return _Update(load, (), stored is not None)
         if stored is not None and stored.file_hash == md5_hex(data):
             return None
         load = parse_bytes(key, data, modified)
-        self._store(load)
-        return load
-
-    def _store(self, load: FileLoad) -> None:
-        now = self.clock.now()
         if load.error:
-            log.warning("workflow %s: %s", load.file_path, load.error)
+            return _Update(load, (), stored is not None)
+        rows = tuple(_row(spec) for spec in validate_file(load.file_path, load.phases))
+        return _Update(load, rows, stored is not None)
+
+    def _write(self, updates: list[_Update], removed: list[str]) -> None:
+        """Store the updates, up to FILES_PER_TRANSACTION files per transaction, then removals.
+
+        A file's row and phases always commit together (never split over two transactions);
+        batching files only saves a commit per file, which dominates a cold load.
+        """
+        now = self.clock.now()
+        for start in range(0, len(updates), FILES_PER_TRANSACTION):
             with self.db.write() as conn:
-                mark_broken(conn, load.file_path, load.file_hash, load.last_modified, load.error)
-            return
-        specs = validate_file(load.file_path, load.phases)
-        rows = [_row(spec) for spec in specs]
-        with self.db.write() as conn:
-            replace_file(conn, load.file_path, load.file_hash, load.last_modified, rows, now)
+                for update in updates[start : start + FILES_PER_TRANSACTION]:
+                    load = update.load
+                    if load.error:
+                        log.warning("workflow %s: %s", load.file_path, load.error)
+                        mark_broken(
+                            conn, load.file_path, load.file_hash, load.last_modified, load.error
+                        )
+                        continue
+                    replace_file(
+                        conn, load.file_path, load.file_hash, load.last_modified, update.rows,
+                        now, known=update.known,
+                    )
+        if removed:
+            with self.db.write() as conn:
+                for key in removed:
+                    remove_file(conn, key)
 
     def phases(self) -> list[PhaseSpec]:
         """Every stored phase, by file then task."""

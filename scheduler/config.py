@@ -224,7 +224,9 @@ def _workers(reader: _Reader, table: Mapping[str, Any]) -> dict[str, WorkerConfi
             command=reader.command(f"{where}.command", raw.get("command", "")),
             python=reader.python_target(f"{where}.python", raw.get("python", "")),
             shell=reader.boolean(f"{where}.shell", raw.get("shell", False)),
-            timeout=reader.duration(f"{where}.timeout", raw["timeout"]) if "timeout" in raw else None,
+            timeout=(
+                reader.duration(f"{where}.timeout", raw["timeout"]) if "timeout" in raw else None
+            ),
             cwd=reader.path(f"{where}.cwd", raw["cwd"]) if "cwd" in raw else None,
             env=dict(env),
         )

@@ -67,6 +67,8 @@ def build(phases: Iterable[PhaseLike]) -> nx.DiGraph:
 
 def cycles(graph: nx.DiGraph) -> Iterator[list[Node]]:
     """Each elementary cycle once, as a node list starting at its smallest node."""
+    if nx.is_directed_acyclic_graph(graph):  # the usual case, and linear; cycle search is not
+        return
     for cycle in nx.simple_cycles(graph):
         start = cycle.index(min(cycle))
         yield cycle[start:] + cycle[:start]
@@ -88,6 +90,8 @@ def leaves(graph: nx.DiGraph) -> list[Node]:
 
 def topological_order(graph: nx.DiGraph) -> list[Node]:
     """Parents before children, ties broken by name; nodes on a cycle are left out."""
+    if nx.is_directed_acyclic_graph(graph):
+        return list(nx.lexicographical_topological_sort(graph))
     acyclic = graph.copy()
     for cycle in nx.simple_cycles(graph):
         acyclic.remove_nodes_from(n for n in cycle if n in acyclic)
@@ -103,7 +107,9 @@ def to_dot(graph: nx.DiGraph) -> str:
     for number, (file_path, tasks) in enumerate(sorted(by_file.items())):
         lines.append(f"  subgraph cluster_{number} {{")
         lines.append(f"    label={_quote(file_path)};")
-        lines.extend(f"    {_quote(file_path + '/' + task)} [label={_quote(task)}];" for task in tasks)
+        lines.extend(
+            f"    {_quote(file_path + '/' + task)} [label={_quote(task)}];" for task in tasks
+        )
         lines.append("  }")
     for (pf, pt), (cf, ct) in sorted(graph.edges):
         lines.append(f"  {_quote(pf + '/' + pt)} -> {_quote(cf + '/' + ct)};")
@@ -131,8 +137,9 @@ def to_text(graph: nx.DiGraph) -> str:
     lines: list[str] = []
     for file_path in sorted({node[0] for node in graph}):
         lines.append(file_path)
+        seen: set[Node] = set()  # per file: a child shared by two roots is drawn once
         for root in (node for node in roots(graph) if node[0] == file_path):
-            _walk(graph, root, 1, lines, set())
+            _walk(graph, root, 1, lines, seen)
     return "\n".join(lines)
 
 

@@ -113,11 +113,14 @@ def parse_bytes(key: str, data: bytes, modified: datetime | None = None) -> File
     """Parse a workflow file's bytes. Never raises: problems land in ``error``."""
     digest = md5_hex(data)
     try:
-        document = tomllib.loads(data.decode("utf-8"))
+        # utf-8-sig: a byte order mark (as some editors write) is not part of the text.
+        document = tomllib.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         return FileLoad(key, digest, modified, error=f"not UTF-8 text: byte {exc.start}")
     except tomllib.TOMLDecodeError as exc:
         return FileLoad(key, digest, modified, error=f"invalid TOML: {exc}")
+    except RecursionError:  # tomllib recurses per nesting level
+        return FileLoad(key, digest, modified, error="invalid TOML: nested too deeply")
     # [[phase]] and [[Phase]] are two keys to TOML but one table name to flowlord: join them.
     arrays = [value for name, value in document.items() if name.lower() == "phase"]
     if not all(_is_table_array(value) for value in arrays):

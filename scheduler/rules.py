@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from functools import lru_cache
 from urllib.parse import unquote_plus
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -89,8 +90,13 @@ def query_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+@lru_cache(maxsize=8192)
 def parse_rule(text: str) -> Rule:
-    """Parse a rule string; raises RuleError whose ``status`` is the workflow_phases message."""
+    """Parse a rule string; raises RuleError whose ``status`` is the workflow_phases message.
+
+    Results are cached by text (a Rule is immutable): every refresh and snapshot re-reads the
+    stored rules, and many phases share one.
+    """
     try:
         pairs = query_pairs(text)
     except ValueError:
@@ -153,14 +159,14 @@ def _read_tz(values: list[str]) -> dict[str, object]:
     value = _first(values)
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder or too long a name
         raise _bad_value("tz", value, "unknown time zone") from None
     return {"tz": value}
 
 
 def _read_concurrency(values: list[str]) -> dict[str, object]:
     value = _first(values)
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise _bad_value("concurrency", value, "want a whole number of at least 1")
     return {"concurrency": int(value)}
 

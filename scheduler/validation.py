@@ -91,7 +91,9 @@ def _own_problems(raw: RawPhase, rule: Rule | None, problem: str) -> list[str]:
     return []
 
 
-def _check_parents(file_path: str, phases: Sequence[RawPhase], errors: dict[int, list[str]]) -> None:
+def _check_parents(
+    file_path: str, phases: Sequence[RawPhase], errors: dict[int, list[str]]
+) -> None:
     index = graph.ParentIndex(_Node(file_path, raw.task, raw.depends_on) for raw in phases)
     for raw in phases:
         if raw.depends_on and not index.parents(file_path, raw.depends_on):

@@ -60,20 +60,29 @@ def replace_file(
     last_modified: datetime | None,
     phases: Iterable[PhaseRow],
     now: datetime,
+    *,
+    known: bool = True,
 ) -> None:
-    """Store a file that loaded: its row, and exactly these phases in place of its old ones."""
-    _put_file_row(conn, file_path, file_hash, last_modified, now)
-    conn.execute(delete(workflow_phases).where(workflow_phases.c.file_path == file_path))
+    """Store a file that loaded: its row, and exactly these phases in place of its old ones.
+
+    ``known=False`` promises the store has no row for ``file_path`` yet (the caller read
+    ``workflow_files``), so there is nothing to delete first: a cold load skips three
+    statements per file.
+    """
     rows = [vars(phase) for phase in phases]
+    if known:
+        conn.execute(delete(workflow_files).where(workflow_files.c.file_path == file_path))
+        conn.execute(delete(workflow_phases).where(workflow_phases.c.file_path == file_path))
+        # Forget scheduling state of phases the file no longer has; keep it for those it kept.
+        kept = [row["task"] for row in rows]
+        conn.execute(
+            delete(phase_state).where(
+                phase_state.c.file_path == file_path, phase_state.c.task.not_in(kept)
+            )
+        )
+    _insert_file_row(conn, file_path, file_hash, last_modified, now)
     if rows:
         conn.execute(insert(workflow_phases), rows)
-    # Forget scheduling state of phases the file no longer has; keep it for those it kept.
-    kept = [row["task"] for row in rows]
-    conn.execute(
-        delete(phase_state).where(
-            phase_state.c.file_path == file_path, phase_state.c.task.not_in(kept)
-        )
-    )
 
 
 def mark_broken(
@@ -83,7 +92,7 @@ def mark_broken(
     last_modified: datetime | None,
     error: str,
 ) -> None:
-    """Record that a file no longer loads; its last good phases (and loaded_at) stay as they were."""
+    """Record that a file no longer loads; its last good phases and loaded_at stay as they were."""
     values = {
         "file_hash": file_hash,
         "last_modified": iso(last_modified) if last_modified else None,
@@ -100,15 +109,14 @@ def remove_file(conn: Connection, file_path: str) -> None:
         conn.execute(delete(table).where(table.c.file_path == file_path))
 
 
-def _put_file_row(
+def _insert_file_row(
     conn: Connection,
     file_path: str,
     file_hash: str,
     last_modified: datetime | None,
     now: datetime,
 ) -> None:
-    # Delete + insert is an upsert that reads the same on every backend.
-    conn.execute(delete(workflow_files).where(workflow_files.c.file_path == file_path))
+    # After a delete (or for a new file) a plain insert: an upsert that reads the same everywhere.
     conn.execute(
         insert(workflow_files).values(
             file_path=file_path,

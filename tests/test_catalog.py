@@ -1,0 +1,376 @@
+"""Catalog: refresh by md5 into the store, and flowlord's get/search/children lookups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scheduler.catalog import Catalog, depends_on_matches
+from scheduler.errors import WorkflowError
+from scheduler.store.db import Database
+from scheduler.store.workflows import PhaseRow, file_rows, phase_rows, replace_file
+from tests.conftest import ManualClock, WriteWorkflow
+
+# flowlord's internal/test/workflow folder, in our own words.
+F1 = """
+[[Phase]]
+task = "task1"
+rule = "cron=0 * * * *&offset=-4h&job=t2&retry_delay=10ms"
+retry = 3
+template = "?date={yyyy}-{mm}-{dd}T{hh}"
+
+[[Phase]]
+task = "task2"
+dependsOn = "task1"
+template = "{meta:file}?time={yyyy}-{mm}-{dd}"
+
+[[Phase]]
+task = "task3"
+DependsOn = "task2"
+template = "{meta:file}"
+"""
+F2 = """
+[[phase]]
+task = "other"
+rule = "cron=0 0 * * *"
+"""
+F3 = """
+[[phase]]
+task = "task1"
+rule = "cron=0 0 * * *"
+template = "?date={yyyy}-{mm}-{dd}"
+
+[[phase]]
+task = "task3"
+rule = "files=./folder/*.txt"
+template = "{meta:file}"
+"""
+JOBS = """
+[[phase]]
+task = "worker:parent_job"
+rule = "cron=0 * * * *"
+
+[[phase]]
+task = "worker"
+rule = "job=child1"
+depends_on = "worker:parent_job"
+template = "?date={yyyy}-{mm}-{dd}T{hh}"
+"""
+FLOWLORD_FOLDER = {"f1.toml": F1, "f2.toml": F2, "f3.toml": F3, "jobs.toml": JOBS}
+
+
+def stored_files(db: Database) -> dict[str, str]:
+    """file key → error, as stored."""
+    with db.read() as conn:
+        return {key: row.error for key, row in file_rows(conn).items()}
+
+
+def stored_tasks(db: Database, file_path: str) -> list[str]:
+    with db.read() as conn:
+        return [row.task for row in phase_rows(conn, file_path)]
+
+
+@pytest.fixture
+def flowlord_folder(write_workflow: WriteWorkflow, workflow_dir: Path) -> Path:
+    for name, text in FLOWLORD_FOLDER.items():
+        write_workflow(name, text)
+    return workflow_dir
+
+
+def test_refresh_single_file(
+    db: Database, flowlord_folder: Path, clock: ManualClock
+) -> None:
+    # given the path is one file, when refreshed, then that file alone is loaded, by base name
+    catalog = Catalog(db, flowlord_folder / "f1.toml", clock)
+    assert not catalog.is_dir()
+    assert catalog.refresh().keys == ["f1.toml"]
+    assert list(stored_files(db)) == ["f1.toml"]
+    assert stored_tasks(db, "f1.toml") == ["task1:t2", "task2", "task3"]
+
+
+def test_refresh_folder(catalog: Catalog, db: Database, flowlord_folder: Path) -> None:
+    assert catalog.is_dir()
+    assert catalog.refresh().keys == ["f1.toml", "f2.toml", "f3.toml", "jobs.toml"]
+    assert len(stored_files(db)) == 4
+
+
+def test_refresh_sub_folder(catalog: Catalog, db: Database, write_workflow: WriteWorkflow) -> None:
+    write_workflow("f1.toml", F1)
+    write_workflow("group/f3.toml", F3)
+    assert catalog.refresh().keys == ["f1.toml", "group/f3.toml"]
+    assert list(stored_files(db)) == ["f1.toml", "group/f3.toml"]
+
+
+def test_refresh_missing_path_is_an_error(db: Database, tmp_path: Path, clock: ManualClock) -> None:
+    with pytest.raises(WorkflowError, match="no such file or folder"):
+        Catalog(db, tmp_path / "nowhere", clock).refresh()
+
+
+def test_refresh_file_removed(
+    catalog: Catalog, db: Database, write_workflow: WriteWorkflow, workflow_dir: Path
+) -> None:
+    # given missing.toml, f1, f2, f3 loaded
+    for name in ("f1.toml", "f2.toml", "f3.toml"):
+        write_workflow(name, FLOWLORD_FOLDER[name])
+    write_workflow("missing.toml", F2)
+    catalog.refresh()
+    # when missing.toml goes and jobs.toml arrives
+    (workflow_dir / "missing.toml").unlink()
+    write_workflow("jobs.toml", JOBS)
+    result = catalog.refresh()
+    # then jobs is added, missing reported as "-missing.toml", and its rows are gone
+    assert result.keys == ["jobs.toml", "-missing.toml"]
+    assert result.removed == ("missing.toml",)
+    assert list(stored_files(db)) == ["f1.toml", "f2.toml", "f3.toml", "jobs.toml"]
+    assert stored_tasks(db, "missing.toml") == []
+
+
+def test_refresh_stale_hashes_reload(
+    catalog: Catalog, db: Database, flowlord_folder: Path, clock: ManualClock
+) -> None:
+    # given f1 and f2 stored with checksums that do not match the files
+    stale = PhaseRow("f1.toml", "old", "", "", "", 0, "", "ok")
+    with db.write() as conn:
+        replace_file(conn, "f1.toml", "0" * 32, None, [stale], clock.now())
+        replace_file(conn, "f2.toml", "1" * 32, None, [], clock.now())
+    # when refreshed, then both are reloaded (and the others added)
+    assert catalog.refresh().keys == ["f1.toml", "f2.toml", "f3.toml", "jobs.toml"]
+    assert len(stored_files(db)) == 4
+    assert stored_tasks(db, "f1.toml") == ["task1:t2", "task2", "task3"]
+
+
+def test_refresh_with_nothing_changed_returns_nothing(
+    catalog: Catalog, flowlord_folder: Path
+) -> None:
+    catalog.refresh()
+    result = catalog.refresh()
+    assert result.keys == []
+    assert (result.changed, result.removed, result.errors) == ((), (), ())
+
+
+def test_changed_file_is_reloaded(
+    catalog: Catalog, db: Database, flowlord_folder: Path, write_workflow: WriteWorkflow
+) -> None:
+    catalog.refresh()
+    write_workflow("f2.toml", F2 + '\n[[phase]]\ntask = "more"\ndepends_on = "other"\n')
+    assert catalog.refresh().keys == ["f2.toml"]
+    assert stored_tasks(db, "f2.toml") == ["more", "other"]
+
+
+def test_touched_but_identical_file_is_not_reloaded(
+    catalog: Catalog, flowlord_folder: Path, write_workflow: WriteWorkflow
+) -> None:
+    # change detection is by content (md5), not modification time
+    catalog.refresh()
+    write_workflow("f2.toml", F2)
+    assert catalog.refresh().keys == []
+
+
+def test_broken_file_keeps_last_good_phases_and_records_error(
+    catalog: Catalog, db: Database, flowlord_folder: Path, write_workflow: WriteWorkflow
+) -> None:
+    # given a loaded folder
+    catalog.refresh()
+    with db.read() as conn:
+        loaded_at = file_rows(conn)["f2.toml"].loaded_at
+    # when f2 becomes invalid TOML and f3 changes in the same refresh
+    write_workflow("f2.toml", "[[phase]\ntask = ")
+    write_workflow("f3.toml", F3 + '\n[[phase]]\ntask = "task4"\nrule = "cron=@daily"\n')
+    result = catalog.refresh()
+    # then f2 keeps its phases and carries the error; f3 still loads
+    assert result.changed == ("f2.toml", "f3.toml")
+    assert [key for key, _ in result.errors] == ["f2.toml"]
+    assert stored_files(db)["f2.toml"].startswith("invalid TOML: ")
+    assert stored_tasks(db, "f2.toml") == ["other"]
+    assert stored_tasks(db, "f3.toml") == ["task1", "task3", "task4"]
+    with db.read() as conn:
+        assert file_rows(conn)["f2.toml"].loaded_at == loaded_at
+    # and an unchanged broken file is not reported again
+    assert catalog.refresh().keys == []
+
+
+def test_error_clears_when_fixed(
+    catalog: Catalog, db: Database, flowlord_folder: Path, write_workflow: WriteWorkflow
+) -> None:
+    catalog.refresh()
+    write_workflow("f2.toml", "\xff not toml")
+    catalog.refresh()
+    assert stored_files(db)["f2.toml"] != ""
+    write_workflow("f2.toml", F2.replace('"other"', '"renamed"'))
+    assert catalog.refresh().keys == ["f2.toml"]
+    assert stored_files(db)["f2.toml"] == ""
+    assert stored_tasks(db, "f2.toml") == ["renamed"]
+
+
+def test_new_broken_file_is_stored_with_its_error_and_no_phases(
+    catalog: Catalog, db: Database, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("good.toml", F2)
+    write_workflow("bad.toml", "phase = 1")
+    result = catalog.refresh()
+    assert result.keys == ["bad.toml", "good.toml"]
+    assert stored_files(db) == {"bad.toml": "'phase' must be an array of tables", "good.toml": ""}
+    assert stored_tasks(db, "bad.toml") == []
+    assert stored_tasks(db, "good.toml") == ["other"]
+
+
+def test_unreadable_file_is_an_error_not_a_crash(
+    catalog: Catalog, db: Database, write_workflow: WriteWorkflow, workflow_dir: Path
+) -> None:
+    # given a workflow that cannot be read (a dangling link) beside a good one
+    write_workflow("good.toml", F2)
+    (workflow_dir / "link.toml").symlink_to(workflow_dir / "gone.toml")
+    # when refreshed, then the good file loads and the other carries the error
+    result = catalog.refresh()
+    assert result.keys == ["good.toml", "link.toml"]
+    assert stored_files(db)["link.toml"].startswith("cannot read: ")
+    assert stored_files(db)["good.toml"] == ""
+    # and while it stays unreadable, nothing changed
+    assert catalog.refresh().keys == []
+
+
+def test_validation_status_is_stored(
+    catalog: Catalog, db: Database, write_workflow: WriteWorkflow
+) -> None:
+    write_workflow("v.toml", '[[phase]]\ntask = "a"\nrule = "cron=abcdefg"\n')
+    catalog.refresh()
+    (spec,) = catalog.phases()
+    assert spec.status.startswith("invalid cron: abcdefg ")
+    assert not spec.runnable
+
+
+# --- lookups -------------------------------------------------------------------------------
+
+WORKFLOW = """
+[[phase]]
+task = "task1"
+rule = "cron=0 * * * *"
+[[phase]]
+task = "dup"
+rule = "cron=0 * * * *"
+[[phase]]
+task = "task2"
+depends_on = "task1"
+[[phase]]
+task = "task3"
+depends_on = "task2"
+[[phase]]
+task = "task4"
+depends_on = "task2"
+[[phase]]
+task = "task5"
+depends_on = "task1:j4"
+[[phase]]
+task = "task1:j4"
+rule = "cron=0 * * * *"
+"""
+W2JOB = """
+[[phase]]
+task = "dup"
+rule = "cron=0 * * * *"
+[[phase]]
+task = "t2"
+rule = "cron=0 * * * *&job=j1"
+[[phase]]
+task = "t2"
+rule = "cron=0 * * * *&job=j2"
+[[phase]]
+task = "t2:j3"
+rule = "cron=0 * * * *"
+"""
+
+
+@pytest.fixture
+def lookups(catalog: Catalog, write_workflow: WriteWorkflow) -> Catalog:
+    write_workflow("workflow.toml", WORKFLOW)
+    write_workflow("w2job.toml", W2JOB)
+    catalog.refresh()
+    return catalog
+
+
+@pytest.mark.parametrize(
+    ("task", "found"),
+    [
+        ("task1", ("workflow.toml", "task1", "cron=0 * * * *")),  # no workflow meta needed
+        ("task2", ("workflow.toml", "task2", "")),
+        ("missing", None),
+        ("", None),
+        ("t2:j2", ("w2job.toml", "t2:j2", "cron=0 * * * *&job=j2")),
+        ("t2:j1", ("w2job.toml", "t2:j1", "cron=0 * * * *&job=j1")),
+        ("t2:invalid", None),
+        ("t2:j3", ("w2job.toml", "t2:j3", "cron=0 * * * *")),
+        ("t2", None),  # exact: a task with no job does not match t2:j1
+        ("dup", ("w2job.toml", "dup", "cron=0 * * * *")),  # the first by file key
+    ],
+)
+def test_get(lookups: Catalog, task: str, found: tuple[str, str, str] | None) -> None:
+    spec = lookups.get(task)
+    assert (None if spec is None else (spec.file_path, spec.task, spec.rule_text)) == found
+
+
+def test_get_within_one_file(lookups: Catalog) -> None:
+    spec = lookups.get("dup", "workflow.toml")
+    assert spec is not None and spec.file_path == "workflow.toml"
+    assert lookups.get("task1", "w2job.toml") is None
+
+
+def test_get_returns_the_stored_status(lookups: Catalog, write_workflow: WriteWorkflow) -> None:
+    write_workflow("workflow.toml", WORKFLOW + '[[phase]]\ntask = "lost"\ndepends_on = "x"\n')
+    lookups.refresh()
+    spec = lookups.get("lost")
+    assert spec is not None and spec.status == "parent task not found: x"
+
+
+@pytest.mark.parametrize(
+    ("topic", "job", "found"),
+    [
+        ("t2", "j2", ("w2job.toml", "t2:j2")),
+        ("t2", "j1", ("w2job.toml", "t2:j1")),
+        ("t2", "j3", ("w2job.toml", "t2:j3")),
+        ("t2", "invalid", None),
+        ("t2", "", ("w2job.toml", "t2:j1")),  # no job: the first phase of the topic
+        ("task2", "", ("workflow.toml", "task2")),
+        ("task1", "j4", ("workflow.toml", "task1:j4")),
+        ("missing", "", None),
+        ("dup", "", ("w2job.toml", "dup")),
+    ],
+)
+def test_search(
+    lookups: Catalog, topic: str, job: str, found: tuple[str, str] | None
+) -> None:
+    spec = lookups.search(topic, job)
+    assert (None if spec is None else (spec.file_path, spec.task)) == found
+
+
+@pytest.mark.parametrize(
+    ("file_path", "task", "children"),
+    [
+        ("workflow.toml", "task1", ["task2"]),  # task5 needs job j4
+        ("workflow.toml", "task1:j4", ["task2", "task5"]),
+        ("workflow.toml", "task2", ["task3", "task4"]),
+        ("workflow.toml", "task3", []),
+        ("workflow.toml", "task4", []),
+        ("w2job.toml", "task1", []),  # children are in the parent's own file
+        ("nope.toml", "task1", []),
+        ("workflow.toml", "", []),
+    ],
+)
+def test_children(lookups: Catalog, file_path: str, task: str, children: list[str]) -> None:
+    assert [spec.task for spec in lookups.children(file_path, task)] == children
+
+
+@pytest.mark.parametrize(
+    ("depends_on", "parent", "matches"),
+    [
+        ("task1", "task1", True),
+        ("task1", "task1:j4", True),
+        ("task1:j4", "task1:j4", True),
+        ("task1:j4", "task1", False),
+        ("task1:j4", "task1:j5", False),
+        ("task", "task1", False),
+        ("", "task1", False),
+    ],
+)
+def test_depends_on_matches(depends_on: str, parent: str, matches: bool) -> None:
+    assert depends_on_matches(depends_on, parent) is matches
