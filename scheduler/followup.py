@@ -121,34 +121,12 @@ def retry_row(execution: Execution, spec: PhaseSpec, now: datetime, jitter: floa
         spec.rule.retry_max_delay,
         jitter,
     )
-    return NewExecution(
-        task_id=execution.task_id,
-        file_path=execution.file_path,
-        task=execution.task,
-        task_time=execution.task_time,
-        trigger=Trigger.RETRY,
-        info=execution.info,
-        meta={**execution.meta, "retry": str(execution.attempt)},
-        not_before=now + delay,
-        attempt=execution.attempt + 1,
-        parent_execution_id=execution.parent_execution_id,
-    )
+    return execution.again(now + delay, meta={**execution.meta, "retry": str(execution.attempt)})
 
 
 def resume_row(execution: Execution, now: datetime) -> NewExecution:
     """A fresh attempt of an execution a shutdown cancelled: it runs when a scheduler next does."""
-    return NewExecution(
-        task_id=execution.task_id,
-        file_path=execution.file_path,
-        task=execution.task,
-        task_time=execution.task_time,
-        trigger=Trigger.RETRY,
-        info=execution.info,
-        meta=dict(execution.meta),
-        not_before=now,
-        attempt=execution.attempt + 1,
-        parent_execution_id=execution.parent_execution_id,
-    )
+    return execution.again(now)
 
 
 def _alert(execution: Execution, kind: str, msg: str) -> NewAlert:

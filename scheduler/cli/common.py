@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -16,7 +17,10 @@ from rich.console import Console
 from scheduler.catalog import Catalog
 from scheduler.clock import SystemClock
 from scheduler.config import Config, load_config
+from scheduler.errors import TaskNotFound, TomlflowError
 from scheduler.store.db import Database
+from scheduler.tasktime import parse_at
+from scheduler.validation import PhaseSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,3 +86,43 @@ def open_app(config_path: str | None) -> Iterator[App]:
         yield App(config, db, Catalog(db, config.workflows, SystemClock()))
     finally:
         db.close()
+
+
+file_option = click.option(
+    "--file", "file_path", metavar="FILE", help="Workflow file, when TASK is in several."
+)
+
+
+def find_phase(app: App, task: str, file_path: str | None) -> PhaseSpec:
+    """The phase named ``task`` (exactly, else by topic when that is unique), after a refresh.
+
+    Raises TaskNotFound, or UsageError when it is in several files and ``file_path`` is unset.
+    """
+    app.catalog.refresh()
+    specs = [s for s in app.catalog.phases() if file_path in (None, s.file_path)]
+    matches = [s for s in specs if s.task == task] or [
+        s for s in specs if ":" not in task and s.topic == task
+    ]
+    if not matches:
+        raise TaskNotFound(task)
+    if len(matches) > 1:
+        names = ", ".join(f"{s.file_path} [{s.task}]" for s in matches)
+        raise click.UsageError(f"{task!r} names several phases ({names}): use --file or topic:job")
+    return matches[0]
+
+
+def runnable_phase(spec: PhaseSpec) -> PhaseSpec:
+    """``spec``, or a one-line error when its status stops it from running."""
+    if not spec.runnable:
+        raise TomlflowError(f"{spec.file_path} [{spec.task}]: phase has errors: {spec.status}")
+    return spec
+
+
+def option_time(text: str | None, option: str) -> datetime | None:
+    """A task time given on the command line, or None; bad text is a usage error on ``option``."""
+    if text is None:
+        return None
+    try:
+        return parse_at(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None

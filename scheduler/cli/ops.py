@@ -11,58 +11,24 @@ import click
 
 from scheduler import backfill as backfills
 from scheduler.cli.common import (
-    App,
     ExitCode,
     config_option,
+    file_option,
+    find_phase,
     json_option,
     open_app,
+    option_time,
     out_console,
     print_json,
+    runnable_phase,
 )
 from scheduler.durations import parse_duration
-from scheduler.errors import DurationError, TaskNotFound, TomlflowError
+from scheduler.errors import DurationError, TomlflowError
 from scheduler.rules import BatchBy
 from scheduler.store import history, reruns, retention
 from scheduler.store.history import NewExecution
-from scheduler.tasktime import iso, parse_at
+from scheduler.tasktime import iso
 from scheduler.validation import PhaseSpec
-
-_file_option = click.option(
-    "--file", "file_path", metavar="FILE", help="Workflow file, when TASK is in several."
-)
-
-
-def find_phase(app: App, task: str, file_path: str | None) -> PhaseSpec:
-    """The phase named ``task`` (exactly, else by topic when that is unique), after a refresh.
-
-    Raises TaskNotFound, or UsageError when it is in several files and ``file_path`` is unset.
-    """
-    app.catalog.refresh()
-    specs = [s for s in app.catalog.phases() if file_path in (None, s.file_path)]
-    matches = [s for s in specs if s.task == task] or [
-        s for s in specs if ":" not in task and s.topic == task
-    ]
-    if not matches:
-        raise TaskNotFound(task)
-    if len(matches) > 1:
-        names = ", ".join(f"{s.file_path} [{s.task}]" for s in matches)
-        raise click.UsageError(f"{task!r} names several phases ({names}): use --file or topic:job")
-    return matches[0]
-
-
-def _runnable(spec: PhaseSpec) -> PhaseSpec:
-    if not spec.runnable:
-        raise TomlflowError(f"{spec.file_path} [{spec.task}]: phase has errors: {spec.status}")
-    return spec
-
-
-def _time(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_at(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _by(_ctx: click.Context, _param: click.Parameter, value: str | None) -> BatchBy | None:
@@ -92,7 +58,7 @@ def _by(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Batc
     help="JSON-lines file, one task per line per time.",
 )
 @click.option("--execute", is_flag=True, help="Queue the tasks (default: only show them).")
-@_file_option
+@file_option
 @config_option
 @json_option
 def backfill(
@@ -109,11 +75,11 @@ def backfill(
     as_json: bool,
 ) -> int:
     """Show (or with --execute queue) TASK's runs over a range of task times."""
-    when = (_time(start, "--from"), _time(end, "--to"), _time(at, "--at"))
+    when = (option_time(start, "--from"), option_time(end, "--to"), option_time(at, "--at"))
     now = datetime.now(UTC)
     low, high = backfills.time_range(*when, now)
     with open_app(config_path) as app:
-        spec = _runnable(find_phase(app, task, file_path))
+        spec = runnable_phase(find_phase(app, task, file_path))
         assert spec.rule is not None
         step = by or spec.rule.batch_by
         try:
@@ -192,7 +158,7 @@ def retry(execution_id: int, downstream: bool, config_path: str | None, as_json:
         spec = app.catalog.get(execution.task, execution.file_path)
         if spec is None:
             raise TomlflowError(f"{execution.file_path} [{execution.task}]: phase no longer exists")
-        _runnable(spec)
+        runnable_phase(spec)
         with app.db.write() as conn:
             rerun = reruns.queue_rerun(conn, execution_id, downstream, now)
     if as_json:
@@ -230,7 +196,7 @@ def _set_paused(task: str, file_path: str | None, config_path: str | None, pause
 
 @click.command()
 @click.argument("task")
-@_file_option
+@file_option
 @config_option
 def pause(task: str, file_path: str | None, config_path: str | None) -> int:
     """Stop TASK's cron fires until `resume` (trigger, backfill and retry still run it)."""
@@ -239,7 +205,7 @@ def pause(task: str, file_path: str | None, config_path: str | None) -> int:
 
 @click.command()
 @click.argument("task")
-@_file_option
+@file_option
 @config_option
 def resume(task: str, file_path: str | None, config_path: str | None) -> int:
     """Let TASK's cron fire again; times missed while paused follow its catchup policy."""

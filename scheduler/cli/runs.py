@@ -19,19 +19,23 @@ from scheduler.cli.common import (
     App,
     ExitCode,
     config_option,
+    file_option,
+    find_phase,
     json_option,
     open_app,
+    option_time,
     out_console,
     print_json,
+    runnable_phase,
     short_time,
 )
 from scheduler.clock import SystemClock
 from scheduler.engine import Engine, TickReport
-from scheduler.errors import TaskNotFound, TomlflowError
+from scheduler.errors import TomlflowError
 from scheduler.executor import LocalExecutor
 from scheduler.store import history
 from scheduler.store.history import Status, Trigger
-from scheduler.tasktime import iso, parse_at
+from scheduler.tasktime import iso
 from scheduler.validation import PhaseSpec
 
 _STATUS_COLOURS = {
@@ -129,7 +133,7 @@ def _signals(stop: threading.Event, engine: Engine) -> Iterator[None]:
     "--at", "at", metavar="TIME", help="Task time: 2024-01-02, 2024-01-02T13 or RFC 3339."
 )
 @click.option("--meta", "metas", multiple=True, metavar="KEY=VALUE", help="Meta for the task.")
-@click.option("--file", "file_path", metavar="FILE", help="Workflow file, when TASK is in several.")
+@file_option
 @config_option
 @json_option
 def trigger(
@@ -141,11 +145,10 @@ def trigger(
     as_json: bool,
 ) -> int:
     """Queue one manual run of TASK (``topic`` or ``topic:job``); `run` executes it."""
-    task_time = _parse_time(at) if at else datetime.now(UTC)
+    task_time = option_time(at, "--at") or datetime.now(UTC)
     meta = _parse_meta(metas)
     with open_app(config_path) as app:
-        app.catalog.refresh()
-        spec = _find(app, task, file_path)
+        spec = runnable_phase(find_phase(app, task, file_path))
         now = datetime.now(UTC)
         rows = planner.new_rows(
             spec,
@@ -179,13 +182,6 @@ def trigger(
     return ExitCode.OK
 
 
-def _parse_time(text: str) -> datetime:
-    try:
-        return parse_at(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--at") from None
-
-
 def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
     meta = {}
     for item in items:
@@ -194,21 +190,6 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
         meta[key] = value
     return meta
-
-
-def _find(app: App, task: str, file_path: str | None) -> PhaseSpec:
-    matches = [
-        s for s in app.catalog.phases() if s.task == task and file_path in (None, s.file_path)
-    ]
-    if not matches:
-        raise TaskNotFound(task)
-    if len(matches) > 1:
-        files = ", ".join(s.file_path for s in matches)
-        raise click.UsageError(f"task {task!r} is in several files ({files}): use --file")
-    spec = matches[0]
-    if not spec.runnable:
-        raise TomlflowError(f"{spec.file_path} [{spec.task}]: phase has errors: {spec.status}")
-    return spec
 
 
 @click.command()

@@ -138,6 +138,28 @@ class Execution:
             pid=m["pid"],
         )
 
+    def again(
+        self,
+        not_before: datetime,
+        *,
+        attempt: int | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> NewExecution:
+        """Another attempt of this execution: same chain, phase, task time, command and meta
+        (unless ``meta`` is given); the next attempt number unless ``attempt`` is."""
+        return NewExecution(
+            task_id=self.task_id,
+            file_path=self.file_path,
+            task=self.task,
+            task_time=self.task_time,
+            trigger=Trigger.RETRY,
+            info=self.info,
+            meta=dict(self.meta if meta is None else meta),
+            not_before=not_before,
+            attempt=self.attempt + 1 if attempt is None else attempt,
+            parent_execution_id=self.parent_execution_id,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         return {k: iso(v) if isinstance(v, datetime) else v for k, v in data.items()}

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
 
 from scheduler.errors import TomlflowError
-from scheduler.store.history import Execution, NewExecution, Status, Trigger, get_execution
+from scheduler.store.history import Execution, NewExecution, Status, get_execution
 from scheduler.store.schema import executions, phase_state
 from scheduler.tasktime import iso
 
@@ -57,23 +57,8 @@ def queue_rerun(conn: Connection, execution_id: int, downstream: bool, now: date
     cancelled: list[int] = []
     if downstream:
         cancelled = cancel_queued_descendants(conn, execution, now)
-    new_id = _insert_one(conn, _rerun_row(execution, attempt, now), now)
+    new_id = _insert_one(conn, execution.again(now, attempt=attempt), now)
     return Rerun(new_id, attempt, tuple(cancelled))
-
-
-def _rerun_row(execution: Execution, attempt: int, now: datetime) -> NewExecution:
-    return NewExecution(
-        task_id=execution.task_id,
-        file_path=execution.file_path,
-        task=execution.task,
-        task_time=execution.task_time,
-        trigger=Trigger.RETRY,
-        info=execution.info,
-        meta=dict(execution.meta),
-        not_before=now,
-        attempt=attempt,
-        parent_execution_id=execution.parent_execution_id,
-    )
 
 
 def _same_task(execution: Execution) -> list[ColumnElement[bool]]:
