@@ -60,6 +60,11 @@ class WorkflowError(TomlflowError):
         super().__init__(f"{where}: {reason}")
 
 
+class ConcurrentEditError(WorkflowError):
+    """Another program changed a workflow file between our read and our write; nothing was
+    written."""
+
+
 class TaskNotFound(TomlflowError):
     """A task named on the command line matches no phase."""
 
