@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
@@ -40,8 +40,40 @@ def _create_views(conn: Connection) -> None:
     views.create_all(conn)
 
 
+def _query_views_v3(conn: Connection) -> None:
+    """Richer views (p95, last failure, paused, next fire) and the indexes they need at a
+    million executions: each phase's newest row, and (SQLite) each phase's rows by duration."""
+    from scheduler.store import views
+
+    conn.execute(
+        text(
+            "CREATE INDEX IF NOT EXISTS ix_executions_phase_id ON executions (file_path, task, id)"
+        )
+    )
+    if conn.dialect.name == "sqlite":
+        # PostgreSQL refuses this expression in an index (its timestamptz cast is not immutable).
+        conn.execute(
+            text(
+                "CREATE INDEX IF NOT EXISTS ix_executions_phase_duration ON executions "
+                f"(file_path, task, {views.duration_sql('sqlite')}, status)"
+            )
+        )
+    views.create_all(conn)
+
+
+def _lease_and_alert_index_v4(conn: Connection) -> None:
+    """The scheduler lease table, and an index for the notifier's look-up of unsent alerts."""
+    schema.scheduler_lease.create(conn, checkfirst=True)
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_alerts_notified_at ON alerts (notified_at)"))
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
-MIGRATIONS: list[Migration] = [_create_v1, _create_views]
+MIGRATIONS: list[Migration] = [
+    _create_v1,
+    _create_views,
+    _query_views_v3,
+    _lease_and_alert_index_v4,
+]
 
 
 class Database:
@@ -76,34 +108,47 @@ class Database:
 
     def version(self) -> int:
         with self.read() as conn:
-            if not self.engine.dialect.has_table(conn, "schema_version"):
-                return 0
-            return int(conn.scalar(select(func.max(schema.schema_version.c.version))) or 0)
+            return _version(conn)
 
     def migrate(self) -> int:
-        """Bring the schema to the newest version, one step per transaction; return it."""
-        current = self.version()
-        if current > len(MIGRATIONS):
-            raise StoreError(self.url, f"schema version {current} is newer than this tomlflow")
-        for number in range(current + 1, len(MIGRATIONS) + 1):
+        """Bring the schema to the newest version, one step per transaction; return it.
+
+        Each step re-reads the version inside its write transaction, so processes opening a new
+        database at the same moment apply every step exactly once between them.
+        """
+        while True:
             with self.write() as conn:
-                MIGRATIONS[number - 1](conn)
+                current = _version(conn)
+                if current > len(MIGRATIONS):
+                    raise StoreError(
+                        self.url, f"schema version {current} is newer than this tomlflow"
+                    )
+                if current == len(MIGRATIONS):
+                    return current
+                MIGRATIONS[current](conn)
                 conn.execute(
                     schema.schema_version.insert().values(
-                        version=number, applied_at=iso(datetime.now(UTC))
+                        version=current + 1, applied_at=iso(datetime.now(UTC))
                     )
                 )
-            log.info("database %s migrated to schema version %d", self.url, number)
-        return len(MIGRATIONS)
+            log.info("database %s migrated to schema version %d", self.url, current + 1)
 
     def close(self) -> None:
         self.engine.dispose()
 
 
+def _version(conn: Connection) -> int:
+    if not conn.dialect.has_table(conn, "schema_version"):
+        return 0
+    return int(conn.scalar(select(func.max(schema.schema_version.c.version))) or 0)
+
+
 def _make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-        engine = create_engine(parsed)
+        # Every transaction here ends in an explicit commit or rollback, so the pool's own
+        # rollback on check-in would only add a round trip to each one.
+        engine = create_engine(parsed, pool_reset_on_return=None)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise StoreError(url, f"cannot use this URL: {exc}") from exc
     except ImportError as exc:
@@ -128,7 +173,8 @@ def _prepare_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # Straight to the driver: this runs once per transaction, on the engine's hot path.
+        conn.connection.driver_connection.execute(f"BEGIN {mode}")  # type: ignore[union-attr]
 
 
 def _reason(exc: DBAPIError) -> str:

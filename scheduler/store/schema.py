@@ -122,6 +122,7 @@ alerts = Table(
     Column("created_at", String(32), nullable=False),
     Column("notified_at", String(32)),
     Index("ix_alerts_created", "created_at"),
+    Index("ix_alerts_notified_at", "notified_at"),
 )
 
 # One row while a scheduler runs (store/lease.py): who holds the database, and since when.

@@ -1,0 +1,1 @@
+"""Asking about pipelines: read-only tools (``tools``), the Claude loop (``ask``)."""
