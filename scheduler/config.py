@@ -61,6 +61,7 @@ class Config:
     refresh: timedelta = timedelta(minutes=1)
     max_workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     shutdown_grace: timedelta = timedelta(seconds=30)
+    watch: Path | None = None  # a folder whose new files are reported to file triggers
     workers: Mapping[str, WorkerConfig] = field(default_factory=dict)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     retention: timedelta | None = None
@@ -207,6 +208,7 @@ _SCHEDULER: dict[str, Callable[[_Reader, str, Any], Any]] = {
     "refresh": _Reader.duration,
     "max_workers": _Reader.positive_int,
     "shutdown_grace": _Reader.duration,
+    "watch": _Reader.path,
 }
 
 

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
-from scheduler import dispatcher, planner
+from scheduler import dispatcher, filetrigger, notify, planner
 from scheduler import graph as dag
 from scheduler.catalog import Catalog
 from scheduler.clock import Clock
@@ -40,13 +40,15 @@ from scheduler.store import history, lease, retention
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
 from scheduler.validation import PhaseSpec
+from scheduler.watcher import FolderWatcher
 
 log = logging.getLogger(__name__)
 
 PhaseKey = tuple[str, str]
 ORPHANED = "scheduler stopped during execution"
-IDLE_POLL = timedelta(seconds=1)
-PRUNE_EVERY = timedelta(days=1)  # how often an idle daemon looks for rows queued by others
+IDLE_POLL = timedelta(seconds=1)  # how often an idle daemon looks for rows queued by others
+PRUNE_EVERY = timedelta(days=1)
+WATCH_EVERY = timedelta(seconds=2)  # a scan of a few thousand files costs ~20 ms
 _CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
 
 
@@ -109,6 +111,9 @@ class Engine:
         self._maybe_ready = True
         self._next_refresh: datetime | None = None
         self.refresh_requested = threading.Event()
+        self.notifier = notify.Notifier(db, config.alerts)  # idle without a webhook
+        self.watcher = FolderWatcher(config.watch) if config.watch else None
+        self._next_watch: datetime | None = None
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -118,6 +123,7 @@ class Engine:
         report = TickReport()
         outcomes, self._early = self._early + self.executor.collect(0), []
         started = self.executor.started()
+        reported = self._watched_files(snapshot, now)  # disk scan: outside the transaction
         with self.db.write() as conn:
             if self._heartbeat is not None and now - self._heartbeat >= lease.HEARTBEAT_EVERY:
                 lease.renew(conn, now)
@@ -125,13 +131,31 @@ class Engine:
             if fire_cron:
                 report.fired = self._fire_cron(conn, snapshot, now, report)
                 self._maybe_ready = self._maybe_ready or report.fired > 0
+            if reported:
+                history.insert_executions(conn, reported, now)
+                self._maybe_ready = True
             claimed = self._record(conn, snapshot, outcomes, started, now, report)
             launches = self._launch(conn, snapshot, claimed, now, report)
             launches += self._claim(conn, snapshot, now, report)
         for launch in launches:
             self.executor.submit(launch)
         report.started = len(launches)
+        self.notifier.poll(now)  # posts outside any transaction; never raises
         return report
+
+    def _watched_files(self, snapshot: Snapshot, now: datetime) -> list[NewExecution]:
+        """Rows for files that appeared in the watched folder, every WATCH_EVERY."""
+        if self.watcher is None or (self._next_watch is not None and now < self._next_watch):
+            return []
+        self._next_watch = now + WATCH_EVERY
+        rows: list[NewExecution] = []
+        for path in self.watcher.poll():
+            found = filetrigger.rows_for_file(
+                snapshot.specs.values(), str(path), now, self.workflows
+            )
+            log.info("file %s fires %d tasks", path, len(found))
+            rows.extend(found)
+        return rows
 
     def _refresh_if_due(self, now: datetime) -> Snapshot:
         due = self._next_refresh is None or now >= self._next_refresh
@@ -471,6 +495,7 @@ class Engine:
                 first = False
                 _add(total, report)
                 if self._idle() and self._queue_empty():
+                    self.notifier.flush(self.clock.now())
                     return total
                 self.wait(self.next_wakeup(self.clock.now()))
         finally:

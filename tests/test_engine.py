@@ -554,3 +554,87 @@ def test_daemon_prunes_executions_older_than_the_retention(
 
     # Then only yesterday's execution is left
     assert [r.task_time for r in all_rows(db)] == [start - timedelta(days=1)]
+
+
+def test_daemon_fires_file_phases_for_files_that_appear_in_the_watched_folder(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database, tmp_path: Path
+) -> None:
+    # Given a watched folder and a phase for its csv files
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    write_workflow(
+        "files.toml",
+        f"""
+        [[phase]]
+        task = "load"
+        rule = "files={incoming}/*/*.csv"
+        template = "{PY} -c pass {{meta:filename}} {{yyyy}}-{{mm}}-{{dd}}"
+    """,
+    )
+    engine = engine_for(watch=incoming)
+    engine.tick(clock.now())  # the first scan takes stock
+
+    # When a file appears and then stays unchanged for one scan
+    (incoming / "2024-03-04").mkdir()
+    (incoming / "2024-03-04" / "orders.csv").write_text("a,b\n")
+    for _ in range(2):
+        clock.advance(timedelta(seconds=3))
+        engine.tick(clock.now())
+    engine.run_once()
+
+    # Then the phase ran once for it, with the file's meta and the time from its path
+    (row,) = all_rows(db)
+    assert (row.trigger.value, row.status) == ("file", Status.COMPLETE)
+    assert row.meta["file"] == str(incoming / "2024-03-04" / "orders.csv")
+    assert row.info.endswith("orders.csv 2024-03-04")
+
+
+def test_an_alert_result_is_posted_to_the_webhook(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
+) -> None:
+    # Given a local webhook receiver and a phase whose command reports an alert
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from scheduler.config import AlertsConfig
+
+    bodies: list[dict[str, object]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    event = "__WF_EVENT__:" + json.dumps({"result": "alert", "msg": "ledger out of balance"})
+    write_workflow(
+        "a.toml",
+        f"""
+        [[phase]]
+        task = "ledger"
+        rule = "cron=0 * * * *"
+        template = {q(PY + " -c " + json.dumps("print(" + repr(event) + ")"))}
+    """,
+    )
+    webhook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    engine = engine_for(alerts=AlertsConfig(webhook=webhook))
+    try:
+        engine.tick(clock.now())
+        clock.current = at("2024-01-02T13:00:00")
+
+        # When a pass runs it
+        engine.run_once()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # Then the alert is recorded, posted once, and marked sent
+    assert len(bodies) == 1
+    assert "ledger" in str(bodies[0]["text"]) and "ledger out of balance" in str(bodies[0]["text"])
+    with db.read() as conn:
+        (alert,) = conn.execute(select(alerts)).all()
+    assert alert.kind == "alert" and alert.notified_at is not None
