@@ -69,6 +69,13 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
+def run_pass_at(engine: Engine, clock: ManualClock, when: str) -> None:
+    """The engine sees the phases now (their schedules start), then runs a pass at ``when``."""
+    engine.tick(clock.now())
+    clock.current = at(when)
+    engine.run_once()
+
+
 @pytest.fixture
 def engine_for(db: Database, workflow_dir: Path, clock: ManualClock):  # type: ignore[no-untyped-def]
     engines: list[Engine] = []
@@ -190,10 +197,7 @@ def test_no_alert_rule_records_no_alert(
         template = "{PY} -c 'raise SystemExit(3)'"
     """,
     )
-    engine = engine_for()
-    engine.tick(clock.now())
-    clock.current = at("2024-01-02T13:00:00")
-    engine.run_once()
+    run_pass_at(engine_for(), clock, "2024-01-02T13:00:00")
     with db.read() as conn:
         assert conn.execute(select(alerts)).all() == []
     assert by_task(db)["quiet"][0].exit_code == 3
@@ -230,10 +234,7 @@ def test_require_runs_or_skips_the_child(
         template = "{PY} -c pass {{meta:file}}"
     """,
     )
-    engine = engine_for()
-    engine.tick(clock.now())
-    clock.current = at("2024-01-02T13:00:00")
-    engine.run_once()
+    run_pass_at(engine_for(), clock, "2024-01-02T13:00:00")
     child = by_task(db)["child"][0]
     assert child.status is expected
     if expected is Status.SKIPPED:
@@ -268,10 +269,7 @@ def test_children_by_topic_and_by_topic_job(
         template = "{PY} -c pass"
     """,
     )
-    engine = engine_for()
-    engine.tick(clock.now())
-    clock.current = at("2024-01-02T13:00:00")
-    engine.run_once()
+    run_pass_at(engine_for(), clock, "2024-01-02T13:00:00")
     rows = by_task(db)
     assert len(rows["any"]) == 2
     assert len(rows["only_b"]) == 1
@@ -291,10 +289,7 @@ def test_timeout_kills_and_records_error(
         template = "{PY} -c 'import time; time.sleep(30)'"
     """,
     )
-    engine = engine_for()
-    engine.tick(clock.now())
-    clock.current = at("2024-01-02T13:00:00")
-    engine.run_once()
+    run_pass_at(engine_for(), clock, "2024-01-02T13:00:00")
     row = by_task(db)["slow"][0]
     assert row.status is Status.ERROR
     assert row.msg == "timeout after 300ms"
@@ -477,10 +472,7 @@ def test_warn_completes_without_children(
         template = "{PY} -c pass"
     """,
     )
-    engine = engine_for()
-    engine.tick(clock.now())
-    clock.current = at("2024-01-02T13:00:00")
-    engine.run_once()
+    run_pass_at(engine_for(), clock, "2024-01-02T13:00:00")
     rows = by_task(db)
     assert rows["parent"][0].status is Status.WARN
     assert rows["parent"][0].msg == "half the rows"
@@ -499,10 +491,7 @@ def test_logs_are_recorded_per_execution(
         template = "{PY} -c 'import sys; print(\\"out\\"); print(\\"err\\", file=sys.stderr)'"
     """,
     )
-    engine = engine_for()
-    engine.tick(clock.now())
-    clock.current = at("2024-01-02T13:00:00")
-    engine.run_once()
+    run_pass_at(engine_for(), clock, "2024-01-02T13:00:00")
     row = all_rows(db)[0]
     with db.read() as conn:
         lines = history.execution_logs_of(conn, row.id)
