@@ -144,7 +144,7 @@ def trigger(
     config_path: str | None,
     as_json: bool,
 ) -> int:
-    """Queue one manual run of TASK (``topic`` or ``topic:job``); `run` executes it."""
+    """Queue one manual run of TASK (topic or topic:job); `run` executes it."""
     task_time = option_time(at, "--at") or datetime.now(UTC)
     meta = _parse_meta(metas)
     with open_app(config_path) as app:
