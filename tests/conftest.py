@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,11 +60,40 @@ def write_workflow(workflow_dir: Path) -> WriteWorkflow:
     return write
 
 
+# Set to a PostgreSQL server URL (postgresql+psycopg://user@host:port/postgres) to run every test
+# that uses the `db` fixture against a fresh PostgreSQL database instead of a SQLite file.
+SERVER_URL = os.environ.get("TEST_SERVER_DATABASE_URL", "")
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'tomlflow.db'}")
-    yield database
-    database.close()
+    if not SERVER_URL:
+        database = Database(f"sqlite:///{tmp_path / 'tomlflow.db'}")
+        yield database
+        database.close()
+        return
+    with _server_database() as url:
+        database = Database(url)
+        yield database
+        database.close()
+
+
+@contextmanager
+def _server_database() -> Iterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"tomlflow_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture

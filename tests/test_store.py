@@ -8,11 +8,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import event, insert, inspect, select, text
 
 from scheduler.errors import StoreError
 from scheduler.store import schema
 from scheduler.store.db import BUSY_TIMEOUT_MS, MIGRATIONS, Database
+from tests.conftest import SERVER_URL
+
+sqlite_only = pytest.mark.skipif(
+    bool(SERVER_URL), reason="SQLite behaviour; the db fixture is on a server database"
+)
 
 
 def pragma(db: Database, name: str) -> object:
@@ -20,6 +25,7 @@ def pragma(db: Database, name: str) -> object:
         return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("journal_mode", "wal"), ("synchronous", 1), ("busy_timeout", BUSY_TIMEOUT_MS)],
@@ -30,6 +36,7 @@ def test_sqlite_pragmas(db: Database, name: str, expected: object) -> None:
     assert BUSY_TIMEOUT_MS > 0
 
 
+@sqlite_only
 def test_writes_begin_immediate_and_reads_deferred(db: Database) -> None:
     # given every new connection traces the statements SQLite runs
     seen: list[str] = []
@@ -104,11 +111,18 @@ def test_migrate_twice_changes_nothing(db: Database) -> None:
 
 def test_public_tables_exist(db: Database) -> None:
     with db.read() as conn:
-        names = {row[0] for row in conn.exec_driver_sql(
-            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+        found = inspect(conn)
+        names = set(found.get_table_names()) | set(found.get_view_names())
     assert {
-        "workflow_files", "workflow_phases", "executions", "execution_logs", "alerts",
-        "schema_version", "phase_status", "task_relationships", "execution_stats",
+        "workflow_files",
+        "workflow_phases",
+        "executions",
+        "execution_logs",
+        "alerts",
+        "schema_version",
+        "phase_status",
+        "task_relationships",
+        "execution_stats",
     } <= names
 
 
@@ -118,8 +132,11 @@ def test_older_database_is_upgraded_and_keeps_its_data(tmp_path: Path) -> None:
     old = Database(url, migrate=False)
     with old.write() as conn:
         MIGRATIONS[0](conn)
-        conn.execute(schema.schema_version.insert().values(
-            version=1, applied_at="2024-01-01T00:00:00.000000Z"))
+        conn.execute(
+            schema.schema_version.insert().values(
+                version=1, applied_at="2024-01-01T00:00:00.000000Z"
+            )
+        )
         conn.execute(insert(schema.workflow_files).values(file_path="keep.toml", file_hash="h"))
     assert old.version() == 1
     old.close()
@@ -141,8 +158,11 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new.db'}"
     db = Database(url)
     with db.write() as conn:
-        conn.execute(schema.schema_version.insert().values(
-            version=len(MIGRATIONS) + 1, applied_at="2099-01-01T00:00:00.000000Z"))
+        conn.execute(
+            schema.schema_version.insert().values(
+                version=len(MIGRATIONS) + 1, applied_at="2099-01-01T00:00:00.000000Z"
+            )
+        )
     db.close()
     with pytest.raises(StoreError, match="newer than this tomlflow"):
         Database(url)
@@ -174,8 +194,11 @@ def test_in_memory_database_works() -> None:
     db = Database("sqlite://")
     try:
         with db.write() as conn:
-            conn.execute(insert(schema.workflow_files).values(
-                file_path="a", file_hash="h", loaded_at=datetime.now(UTC).isoformat()))
+            conn.execute(
+                insert(schema.workflow_files).values(
+                    file_path="a", file_hash="h", loaded_at=datetime.now(UTC).isoformat()
+                )
+            )
         assert db.version() == len(MIGRATIONS)
     finally:
         db.close()

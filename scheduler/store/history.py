@@ -214,7 +214,9 @@ def insert_executions(conn: Connection, rows: Sequence[NewExecution], now: datet
         conn.execute(insert(executions), plain)
     inserted = len(plain)
     if fires:
-        inserted += conn.execute(_insert_ignoring_duplicates(conn), fires).rowcount
+        # Count what RETURNING gives back: executemany's rowcount is -1 on some drivers.
+        statement = _insert_ignoring_duplicates(conn).returning(executions.c.id)
+        inserted += len(conn.execute(statement, fires).all())
     return inserted
 
 
