@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from scheduler.store.phase_stats import FAILED
 from scheduler.store.readonly import ReadOnlyDatabase
-from scheduler.store.views import FAILED, duration_sql, execution_stats_select
+from scheduler.store.views import duration_sql, execution_stats_select
 from scheduler.tasktime import iso
 
 MAX_PAGE = 200

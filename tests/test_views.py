@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import inspect
 
 from scheduler import query
 from scheduler.store import history
@@ -153,8 +154,10 @@ def test_list_executions_filters_and_pages(db: Database, ro: ReadOnlyDatabase) -
     assert first.rows[0]["seconds"] == pytest.approx(1, abs=1e-3)
 
 
-def test_views_exist_after_migration(ro: ReadOnlyDatabase) -> None:
-    names = {r[0] for r in ro.run_sql("SELECT name FROM sqlite_master WHERE type = 'view'").rows}
+def test_views_exist_after_migration(db: Database) -> None:
+    with db.read() as conn:
+        found = inspect(conn)
+        names = set(found.get_view_names())
+        indexes = {index["name"] for index in found.get_indexes("executions")}
     assert names == {"phase_status", "task_relationships", "execution_stats"}
-    indexes = {r[0] for r in ro.run_sql("SELECT name FROM sqlite_master WHERE type = 'index'").rows}
     assert {"ix_executions_phase_id", "ix_executions_phase_duration"} <= indexes

@@ -67,12 +67,23 @@ def _lease_and_alert_index_v4(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_alerts_notified_at ON alerts (notified_at)"))
 
 
+def _phase_stats_v5(conn: Connection) -> None:
+    """execution_stats in milliseconds at a million executions: a stored duration_seconds
+    (backfilled), partial indexes of each phase's durations and failures replacing version 3's
+    expression index, and the trigger-kept phase_stats summary (backfilled). The views'
+    create_all brings all of that before it re-creates the views (store/phase_stats.py)."""
+    from scheduler.store import views
+
+    views.create_all(conn)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
     _create_views,
     _query_views_v3,
     _lease_and_alert_index_v4,
+    _phase_stats_v5,
 ]
 
 

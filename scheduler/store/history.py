@@ -84,6 +84,7 @@ class NewExecution:
             "fire_key": self.fire_key,
             "started_at": iso(now) if self.status in FINISHED else None,
             "ended_at": iso(now) if self.status in FINISHED else None,
+            "duration_seconds": 0.0 if self.status in FINISHED else None,
         }
 
 
@@ -267,6 +268,7 @@ _FINISH = (
         exit_code=bindparam("code"),
         started_at=bindparam("started"),
         ended_at=bindparam("ended"),
+        duration_seconds=bindparam("seconds"),
         pid=bindparam("pid_"),
     )
 )
@@ -297,7 +299,8 @@ def mark_running(conn: Connection, ids: Iterable[int], now: datetime) -> None:
 
 
 def record_finishes(conn: Connection, finishes: Sequence[Finish]) -> None:
-    """Write each execution's end: status, msg, exit code, times, pid, and emitted meta."""
+    """Write each execution's end: status, msg, exit code, times and duration, pid, and
+    emitted meta."""
     if finishes:
         conn.execute(
             _FINISH,
@@ -309,6 +312,7 @@ def record_finishes(conn: Connection, finishes: Sequence[Finish]) -> None:
                     "code": f.exit_code,
                     "started": iso(f.started_at),
                     "ended": iso(f.ended_at),
+                    "seconds": (f.ended_at - f.started_at).total_seconds(),
                     "pid_": f.pid,
                 }
                 for f in finishes
