@@ -18,6 +18,7 @@ from functools import lru_cache
 from urllib.parse import unquote_plus
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from scheduler import globs
 from scheduler.cron import CronSchedule, parse_cron
 from scheduler.durations import parse_duration
 from scheduler.errors import CronError, DurationError, RuleError
@@ -171,6 +172,14 @@ def _read_concurrency(values: list[str]) -> dict[str, object]:
     return {"concurrency": int(value)}
 
 
+def _read_files(values: list[str]) -> dict[str, object]:
+    value = _first(values)
+    problem = globs.check(value)
+    if problem is not None:
+        raise _bad_value("files", value, f"bad glob: {problem}")
+    return {"files": value}
+
+
 def _read_require(values: list[str]) -> dict[str, object]:
     keys: list[str] = []
     for value in values:
@@ -210,7 +219,7 @@ _READERS: dict[str, _Reader] = {
     },
     "no_alert": lambda v: {"no_alert": True},
     "require": _read_require,
-    "files": lambda v: {"files": _first(v)},
+    "files": _read_files,
     "for": lambda v: {"batch_for": _duration("for", _first(v))},
     "by": _read_enum("by", "batch_by", BatchBy),
     "meta": _read_meta,

@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from scheduler.catalog import Catalog
 from scheduler.cli import main
-from scheduler.filetrigger import check, match, rows_for_file
+from scheduler.filetrigger import rows_for_file
+from scheduler.globs import check, match
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, Status, Trigger
 from scheduler.store.schema import executions

@@ -196,6 +196,8 @@ def test_invalid_cron_status_names_the_expression(text: str, start: str) -> None
         ("concurrency=two", "invalid rule value: concurrency=two"),
         ("concurrency=1.5", "invalid rule value: concurrency=1.5"),
         ("concurrency=²", "invalid rule value: concurrency=²"),  # isdigit() but not a number
+        ("files=/in/[abc", "invalid rule value: files=/in/[abc (bad glob: malformed [ class)"),
+        ("files=/in/x\\", "invalid rule value: files=/in/x\\ (bad glob: trailing \\)"),
     ],
 )
 def test_bad_values(text: str, start: str) -> None:
@@ -203,6 +205,10 @@ def test_bad_values(text: str, start: str) -> None:
     with pytest.raises(RuleError) as caught:
         parse_rule(text)
     assert caught.value.status.startswith(start)
+
+
+def test_a_usable_glob_is_kept_as_written() -> None:
+    assert parse_rule("files=gs://*/[a-z]*/*.csv").files == "gs://*/[a-z]*/*.csv"
 
 
 def test_bad_enum_lists_the_choices() -> None:

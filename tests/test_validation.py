@@ -189,3 +189,10 @@ def test_phase_with_both_cron_and_depends_on_is_fine() -> None:
 
 def test_empty_file_gives_no_specs() -> None:
     assert validate_file("f.toml", []) == []
+
+
+def test_a_malformed_files_glob_is_an_error_even_beside_a_cron() -> None:
+    # given a glob that could never match, then the phase says so instead of silently never firing
+    spec = one(RawPhase(task="t", rule="cron=0 5 * * *&files=/in/[ab"))
+    assert spec.status == "invalid rule value: files=/in/[ab (bad glob: malformed [ class)"
+    assert spec.severity is Severity.ERROR
