@@ -111,7 +111,8 @@ class Engine:
         self._maybe_ready = True
         self._next_refresh: datetime | None = None
         self.refresh_requested = threading.Event()
-        self.notifier = notify.Notifier(db, config.alerts)  # idle without a webhook
+        # Posts on a thread of its own; idle (no thread) without a webhook.
+        self.notifier = notify.AlertThread(notify.Notifier(db, config.alerts))
         self.watcher = FolderWatcher(config.watch) if config.watch else None
         self._next_watch: datetime | None = None
 
@@ -140,7 +141,7 @@ class Engine:
         for launch in launches:
             self.executor.submit(launch)
         report.started = len(launches)
-        self.notifier.poll(now)  # posts outside any transaction; never raises
+        self.notifier.poll(now)  # hands due alerts to the alert thread; returns at once
         return report
 
     def _watched_files(self, snapshot: Snapshot, now: datetime) -> list[NewExecution]:
@@ -416,7 +417,8 @@ class Engine:
         self._heartbeat = now
 
     def stop(self) -> None:
-        """Give the lease up."""
+        """Let an alert post in flight finish, and give the lease up."""
+        self.notifier.close()
         if self._heartbeat is not None:
             with self.db.write() as conn:
                 lease.release(conn)

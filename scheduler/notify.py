@@ -10,6 +10,8 @@ next failure goes out at once. ``plan`` is that policy as a pure function of exp
 transaction, and marks them sent in a short write transaction afterwards. A webhook that is
 down costs a logged warning and a retry later, with backoff; it never raises into the scheduler.
 Without ``[alerts] webhook`` nothing is posted and alerts stay recorded in the table.
+``AlertThread`` runs a Notifier's polls on a thread of their own, so a webhook that hangs until
+its timeout never holds up a scheduler tick.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import logging
 import urllib.request
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 CHECK_EVERY = timedelta(seconds=5)  # how often the store is asked for unsent alerts
 BACKOFF_FIRST = timedelta(seconds=5)  # wait after a failed post, doubling per failure...
 BACKOFF_MAX = timedelta(minutes=5)  # ...up to this
-POST_TIMEOUT = 5.0  # seconds; the scheduler's tick waits for the post
+POST_TIMEOUT = 5.0  # seconds; AlertThread keeps the scheduler's tick from waiting for it
 BATCH = 5000  # unsent alerts read per check; more wait for the next one
 MAX_SINGLE = 10  # more alert results than this at once go out as one message, not a flood
 MAX_RANGES = 6  # task-time ranges shown per digest line
@@ -199,7 +202,7 @@ class Notifier:
         a failed post not before the backoff has passed. Never raises: webhook and database
         failures are logged and tried again on a later call.
         """
-        if not self.webhook or (self._next_check is not None and now < self._next_check):
+        if not self.due(now):
             return 0
         self._next_check = now + self.check_every
         try:
@@ -207,6 +210,10 @@ class Notifier:
         except StoreError as exc:
             log.warning("alerts not delivered: %s", exc)
             return 0
+
+    def due(self, now: datetime) -> bool:
+        """Whether ``poll(now)`` would look for alerts (a webhook is set and its time has come)."""
+        return bool(self.webhook) and (self._next_check is None or now >= self._next_check)
 
     def flush(self, now: datetime) -> int:
         """``poll`` without waiting for the check interval or backoff (e.g. before exiting).
@@ -263,6 +270,48 @@ class Notifier:
             log.warning("alert webhook %s failed: %s", _where(self.webhook), exc)
             return False
         return True
+
+
+class AlertThread:
+    """Runs ``notifier``'s polls on one worker thread, one poll at a time.
+
+    ``poll`` returns at once: when the notifier is due and no earlier poll is still posting, it
+    hands the poll to the thread. ``flush`` (before exiting) waits for that poll and then flushes
+    on the caller's thread. The thread exists only once something is due, so a scheduler
+    without a webhook never starts it.
+    """
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self._pool: ThreadPoolExecutor | None = None
+        self._posting: Future[int] | None = None
+
+    def poll(self, now: datetime) -> None:
+        if not self.notifier.due(now) or self._busy():
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tomlflow-alerts")
+        self._posting = self._pool.submit(self.notifier.poll, now)
+
+    def flush(self, now: datetime) -> int:
+        """Wait for the poll in flight, then post what is due regardless of the check interval."""
+        self._wait()
+        return self.notifier.flush(now)
+
+    def close(self) -> None:
+        """Wait for the poll in flight (at most the post timeout per message) and end the thread."""
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _busy(self) -> bool:
+        return self._posting is not None and not self._posting.done()
+
+    def _wait(self) -> None:
+        if self._posting is not None:
+            self._posting.result()  # Notifier.poll never raises
+            self._posting = None
 
 
 def _immediate(alerts: list[PendingAlert]) -> list[_Message]:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from scheduler.config import AlertsConfig
 from scheduler.notify import (
     BACKOFF_FIRST,
+    AlertThread,
     DigestState,
     Notifier,
     alert_message,
@@ -209,6 +210,8 @@ class Hook:
     status: int = 200
     bodies: list[dict[str, Any]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    received: threading.Event = field(default_factory=threading.Event)  # a post came in
+    hold: threading.Event | None = None  # when set up, the answer waits until it is set
 
     @property
     def url(self) -> str:
@@ -221,6 +224,9 @@ class Hook:
             def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
                 body = json.loads(self.rfile.read(length))
+                hook.received.set()
+                if hook.hold is not None:
+                    hook.hold.wait(10)
                 if hook.status == 200:
                     hook.bodies.append(body)
                 self.send_response(hook.status)
@@ -366,3 +372,41 @@ def test_flush_ignores_the_check_interval(db: Database, hook: Hook) -> None:
     notes.poll(T0)
     add_alert(db, "alert", T0)
     assert notes.flush(T0) == 1
+
+
+def test_alert_thread_returns_while_the_webhook_is_still_answering(
+    db: Database, hook: Hook
+) -> None:
+    # Given a webhook that holds its answer until told
+    hook.hold = threading.Event()
+    add_alert(db, "alert", T0)
+    posting = AlertThread(notifier(db, hook.url))
+    # When the scheduler polls: the post reaches the webhook, and poll has already returned
+    posting.poll(T0)
+    assert hook.received.wait(5)
+    assert unsent_count(db) == 1
+    # A poll due while that post is in flight starts no second one
+    posting.poll(T0 + 2 * BACKOFF_FIRST)
+    # Then once the webhook answers, the alert is marked sent, posted once
+    hook.hold.set()
+    posting.close()
+    assert unsent_count(db) == 0 and len(hook.bodies) == 1
+
+
+def test_alert_thread_flush_waits_for_the_post_in_flight(db: Database, hook: Hook) -> None:
+    add_alert(db, "alert", T0)
+    posting = AlertThread(notifier(db, hook.url))
+    posting.poll(T0)
+    add_alert(db, "alert", T0, task="report")
+    # flush sends what came after, whatever the check interval, once the first post is done
+    assert posting.flush(T0) == 1
+    assert unsent_count(db) == 0 and len(hook.bodies) == 2
+    posting.close()
+
+
+def test_alert_thread_without_webhook_starts_no_thread(db: Database) -> None:
+    posting = AlertThread(Notifier(db, AlertsConfig(webhook="")))
+    before = threading.active_count()
+    posting.poll(T0)
+    assert threading.active_count() == before and posting.flush(T0) == 0
+    posting.close()
