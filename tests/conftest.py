@@ -65,6 +65,17 @@ def write_workflow(workflow_dir: Path) -> WriteWorkflow:
 SERVER_URL = os.environ.get("TEST_SERVER_DATABASE_URL", "")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With a server URL, run only the tests that use the `db` fixture: the rest would repeat
+    what the SQLite run already checked."""
+    if not SERVER_URL:
+        return
+    uses_db = [item for item in items if "db" in getattr(item, "fixturenames", ())]
+    kept = set(uses_db)
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = uses_db
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
     if not SERVER_URL:
