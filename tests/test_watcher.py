@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from scheduler.config import parse_config
-from scheduler.watcher import FolderWatcher
+from scheduler.watcher import Diff, Entry, FolderWatcher, WatchState
 
 
 def write(path: Path, text: str = "x") -> Path:
@@ -133,3 +133,87 @@ def test_config_watch_is_a_path_relative_to_the_config_file(tmp_path: Path) -> N
     config = parse_config({"scheduler": {"watch": "incoming"}}, tmp_path / "tomlflow.toml")
     assert config.watch == tmp_path / "incoming"
     assert parse_config({}, tmp_path / "tomlflow.toml").watch is None
+
+
+# -- seeding and diffs: what a caller keeps to continue after a restart ---------------------------
+
+
+def test_check_changes_nothing_until_advance(tmp_path: Path) -> None:
+    watcher = FolderWatcher(tmp_path)
+    watcher.poll()
+    path = write(tmp_path / "a.csv")
+    watcher.poll()
+    # Given a file due to be reported, when the caller checks without advancing (its write failed)
+    assert watcher.check().ready == [path]
+    # Then the next check reports it again; once advanced, it is reported no more
+    result = watcher.check()
+    assert result.ready == [path]
+    watcher.advance(result)
+    assert watcher.check().ready == []
+
+
+def test_diffs_say_what_each_poll_changed(tmp_path: Path) -> None:
+    old = write(tmp_path / "old.csv", "12")
+    watcher = FolderWatcher(tmp_path)
+    # The first poll takes stock: every file, settled, and the mark that stock was taken
+    first = watcher.check()
+    watcher.advance(first)
+    signature = (2, old.stat().st_mtime_ns)
+    assert first.diff == Diff({str(old): Entry(signature, False)}, first=True)
+    # A new file: settling; an unchanged one: nothing
+    new = write(tmp_path / "new.csv", "123")
+    seen = watcher.check()
+    watcher.advance(seen)
+    new_signature = (3, new.stat().st_mtime_ns)
+    assert seen.diff == Diff({str(new): Entry(new_signature, True)})
+    # It settles (reported), and the old one is removed
+    old.unlink()
+    settled = watcher.check()
+    watcher.advance(settled)
+    assert settled.ready == [new]
+    assert settled.diff == Diff({str(new): Entry(new_signature, False)}, frozenset({str(old)}))
+    # Nothing changes: an empty diff
+    quiet = watcher.check()
+    assert not quiet.diff
+    assert quiet.state == settled.state == WatchState({str(new): new_signature})
+
+
+def test_report_existing_first_poll_marks_stock_taken_with_files_settling(tmp_path: Path) -> None:
+    old = write(tmp_path / "old.csv")
+    result = FolderWatcher(tmp_path, report_existing=True).check()
+    assert result.diff.first
+    assert result.diff.changed == {str(old): Entry((1, old.stat().st_mtime_ns), True)}
+
+
+def test_seeded_watcher_continues_where_the_state_stopped(tmp_path: Path) -> None:
+    # Given the state a previous run kept: a reported file, one still settling, one since gone
+    done = write(tmp_path / "done.csv")
+    pending = write(tmp_path / "pending.csv")
+    state = WatchState(
+        {str(done): signature_of(done), str(pending): signature_of(pending), "/gone.csv": (1, 1)},
+        frozenset({str(pending)}),
+    )
+    # And a file that arrived while nobody watched
+    arrived = write(tmp_path / "arrived.csv")
+    watcher = FolderWatcher(tmp_path, state=state)
+    # When polled: the settling one is reported at once, the one that arrived once it settled
+    first = watcher.check()
+    assert first.ready == [pending]
+    assert not first.diff.first
+    assert first.diff.removed == {"/gone.csv"}
+    watcher.advance(first)
+    assert watcher.poll() == [arrived]
+    assert watcher.poll() == []  # and the reported one is never reported again
+
+
+def test_an_empty_seed_is_not_a_first_start(tmp_path: Path) -> None:
+    # Given a kept state with no files (the folder was emptied), files already there are new
+    path = write(tmp_path / "a.csv")
+    watcher = FolderWatcher(tmp_path, state=WatchState({}))
+    assert watcher.poll() == []
+    assert watcher.poll() == [path]
+
+
+def signature_of(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns)
