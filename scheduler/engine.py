@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import Connection
 
@@ -36,11 +37,12 @@ from scheduler.errors import TomlflowError
 from scheduler.executor import Executor, Launch, Outcome, Result, kill_orphan
 from scheduler.followup import FollowUp, after_end, resume_row
 from scheduler.retry import draw_jitter
-from scheduler.store import history, lease, retention
+from scheduler.store import file_reports, history, lease, retention, watched
 from scheduler.store.db import Database
+from scheduler.store.file_reports import FileReport, Source
 from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
 from scheduler.validation import PhaseSpec
-from scheduler.watcher import FolderWatcher
+from scheduler.watcher import FolderWatcher, Poll
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,17 @@ class TickReport:
     statuses: Counter[str] = field(default_factory=Counter)
     fires: list[NewExecution] = field(default_factory=list)  # cron rows this tick inserted
     ended: list[tuple[Execution, Finish]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One poll of the watched folder that changed something: the root, the poll (its diff is
+    kept in the database), and the rows and reports of the files it found settled."""
+
+    root: str
+    poll: Poll
+    rows: list[NewExecution]
+    reports: list[FileReport]
 
 
 class Snapshot:
@@ -113,7 +126,7 @@ class Engine:
         self.refresh_requested = threading.Event()
         # Posts on a thread of its own; idle (no thread) without a webhook.
         self.notifier = notify.AlertThread(notify.Notifier(db, config.alerts))
-        self.watcher = FolderWatcher(config.watch) if config.watch else None
+        self.watcher: FolderWatcher | None = None  # seeded from the database at its first poll
         self._next_watch: datetime | None = None
 
     # -- the tick ---------------------------------------------------------------------------
@@ -124,7 +137,7 @@ class Engine:
         report = TickReport()
         outcomes, self._early = self._early + self.executor.collect(0), []
         started = self.executor.started()
-        reported = self._watched_files(snapshot, now)  # disk scan: outside the transaction
+        found = self._watch(snapshot, now)  # disk scan: outside the transaction
         with self.db.write() as conn:
             if self._heartbeat is not None and now - self._heartbeat >= lease.HEARTBEAT_EVERY:
                 lease.renew(conn, now)
@@ -132,31 +145,57 @@ class Engine:
             if fire_cron:
                 report.fired = self._fire_cron(conn, snapshot, now, report)
                 self._maybe_ready = self._maybe_ready or report.fired > 0
-            if reported:
-                history.insert_executions(conn, reported, now)
-                self._maybe_ready = True
+            if found is not None:
+                self._record_watched(conn, found, now)
             claimed = self._record(conn, snapshot, outcomes, started, now, report)
             launches = self._launch(conn, snapshot, claimed, now, report)
             launches += self._claim(conn, snapshot, now, report)
+        if found is not None and self.watcher is not None:
+            self.watcher.advance(found.poll)  # only now that its diff is stored
         for launch in launches:
             self.executor.submit(launch)
         report.started = len(launches)
         self.notifier.poll(now)  # hands due alerts to the alert thread; returns at once
         return report
 
-    def _watched_files(self, snapshot: Snapshot, now: datetime) -> list[NewExecution]:
-        """Rows for files that appeared in the watched folder, every WATCH_EVERY."""
-        if self.watcher is None or (self._next_watch is not None and now < self._next_watch):
-            return []
+    # -- the watched folder -------------------------------------------------------------------
+
+    def _watch(self, snapshot: Snapshot, now: datetime) -> Watched | None:
+        """Poll the watched folder (every WATCH_EVERY): rows and reports for the files that
+        settled, and the poll, whose diff the tick stores; None when nothing changed."""
+        root = self.config.watch
+        if root is None or (self._next_watch is not None and now < self._next_watch):
+            return None
         self._next_watch = now + WATCH_EVERY
+        poll = self._watcher(root).check()
+        if not poll.diff:
+            return None
         rows: list[NewExecution] = []
-        for path in self.watcher.poll():
-            found = filetrigger.rows_for_file(
+        reports: list[FileReport] = []
+        for path in poll.ready:
+            fired = filetrigger.rows_for_file(
                 snapshot.specs.values(), str(path), now, self.workflows
             )
-            log.info("file %s fires %d tasks", path, len(found))
-            rows.extend(found)
-        return rows
+            log.info("file %s fires %d tasks", path, len(fired))
+            rows.extend(fired)
+            reports.append(FileReport.of(str(path), Source.WATCH, fired))
+        return Watched(str(root), poll, rows, reports)
+
+    def _watcher(self, root: Path) -> FolderWatcher:
+        """The watcher of ``root``, seeded on first use with the state the last run kept."""
+        if self.watcher is None:
+            with self.db.read() as conn:
+                state = watched.load(conn, str(root))
+            self.watcher = FolderWatcher(root, state=state)
+        return self.watcher
+
+    def _record_watched(self, conn: Connection, found: Watched, now: datetime) -> None:
+        """Store a poll's diff with the reports and executions of the files it found."""
+        watched.save(conn, found.root, found.poll.diff, now)
+        file_reports.record(conn, found.reports, now)
+        if found.rows:
+            history.insert_executions(conn, found.rows, now)
+            self._maybe_ready = True
 
     def _refresh_if_due(self, now: datetime) -> Snapshot:
         due = self._next_refresh is None or now >= self._next_refresh
@@ -481,8 +520,13 @@ class Engine:
             return
         self._next_prune = now + PRUNE_EVERY
         counts = retention.prune(self.db, now - keep)
-        if counts.executions:
-            log.info("pruned %d executions older than %s", counts.executions, keep)
+        if counts.total:
+            log.info(
+                "pruned %d executions and %d file reports older than %s",
+                counts.executions,
+                counts.file_reports,
+                keep,
+            )
 
     def run_once(self, on_tick: Callable[[TickReport], None] | None = None) -> TickReport:
         """Fire what is due now, then run everything queued (children, retries) to the end."""

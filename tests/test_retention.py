@@ -10,11 +10,15 @@ import pytest
 from sqlalchemy import Connection, func, select
 
 from scheduler.catalog import Catalog
-from scheduler.store import history, retention
+from scheduler.store import file_reports, history, retention, watched
 from scheduler.store.db import Database
+from scheduler.store.file_reports import FileReport, Source
 from scheduler.store.history import LogRow, NewAlert, NewExecution, Status, Trigger
 from scheduler.store.retention import PruneCounts
 from scheduler.store.schema import alerts, execution_logs, executions, phase_state, workflow_phases
+from scheduler.store.schema import file_reports as file_reports_table
+from scheduler.tasktime import iso
+from scheduler.watcher import Diff, Entry, WatchState
 from tests.conftest import WriteWorkflow
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -174,3 +178,48 @@ def test_workflow_tables_and_phase_state_are_never_touched(
 def test_batch_must_be_positive(db: Database) -> None:
     with pytest.raises(ValueError, match="batch must be at least 1"):
         retention.prune(db, CUTOFF, batch=0)
+
+
+# -- file reports -----------------------------------------------------------------------------
+
+
+def report(db: Database, at: datetime, path: str = "/in/a.csv") -> None:
+    with db.write() as conn:
+        file_reports.record(conn, [FileReport(path, Source.WATCH, None, 0)], at)
+
+
+def reported_at(db: Database) -> list[str]:
+    with db.read() as conn:
+        query = select(file_reports_table.c.reported_at).order_by(file_reports_table.c.id)
+        return list(conn.scalars(query))
+
+
+def test_old_file_reports_go_by_when_they_were_reported(db: Database) -> None:
+    # given reports made before, at and after the cutoff, and no executions at all
+    for at in (OLD, CUTOFF - timedelta(microseconds=1), CUTOFF, RECENT):
+        report(db, at)
+    # when counted, then pruned two per transaction
+    assert retention.count(db, CUTOFF) == PruneCounts(file_reports=2)
+    assert retention.prune(db, CUTOFF, batch=1) == PruneCounts(file_reports=2)
+    # then the two made strictly before the cutoff are gone
+    assert reported_at(db) == [iso(CUTOFF), iso(RECENT)]
+
+
+def test_the_watched_folder_state_is_never_pruned(db: Database) -> None:
+    # given the kept state of a watched folder (marked and with a file) from long ago
+    with db.write() as conn:
+        watched.save(conn, "/in", Diff({"/in/a.csv": Entry((1, 2), False)}, first=True), OLD)
+    report(db, OLD)
+    # when everything before now is pruned, then the report goes and the state stays
+    assert retention.prune(db, NOW).file_reports == 1
+    with db.read() as conn:
+        assert watched.load(conn, "/in") == WatchState({"/in/a.csv": (1, 2)})
+
+
+def test_only_recent_file_reports_open_no_write_transaction(
+    db: Database, writes: list[int]
+) -> None:
+    report(db, RECENT)
+    writes.clear()
+    assert retention.prune(db, CUTOFF) == PruneCounts()
+    assert writes == []

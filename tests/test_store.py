@@ -202,3 +202,35 @@ def test_in_memory_database_works() -> None:
         assert db.version() == len(MIGRATIONS)
     finally:
         db.close()
+
+
+def test_version_5_database_gets_file_reports_and_the_watched_state(db: Database) -> None:
+    # given a database as version 5 left it: no file_reports, no watched-folder tables
+    with db.write() as conn:
+        for table in (schema.file_reports, schema.watched_files, schema.watched_roots):
+            table.drop(conn)
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version > 5))
+    assert db.version() == 5
+    # when migrated, then it is at version 6 with the tables and their indexes
+    assert db.migrate() == 6 == len(MIGRATIONS)
+    with db.read() as conn:
+        found = inspect(conn)
+        assert {"file_reports", "watched_roots", "watched_files"} <= set(found.get_table_names())
+        indexes = {ix["name"]: ix["column_names"] for ix in found.get_indexes("file_reports")}
+        columns = [c["name"] for c in found.get_columns("file_reports")]
+        keys = found.get_pk_constraint("watched_files")["constrained_columns"]
+    assert indexes == {
+        "ix_file_reports_path": ["path", "reported_at"],
+        "ix_file_reports_reported_at": ["reported_at"],
+    }
+    assert columns == ["id", "path", "source", "reported_at", "task_time", "queued"]
+    assert keys == ["root", "path"]
+    # and the new tables take rows
+    with db.write() as conn:
+        conn.execute(
+            insert(schema.file_reports).values(
+                path="/in/a.csv", source="command", reported_at="2024-01-02T00:00:00.000000Z"
+            )
+        )
+    with db.read() as conn:
+        assert conn.scalar(select(schema.file_reports.c.queued)) == 0

@@ -236,8 +236,9 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("run_sql",
          "Run one read-only SQL statement (SQLite or PostgreSQL) on the tomlflow database. "
          "Tables: workflow_files, workflow_phases, phase_state, executions, execution_logs, "
-         "alerts; views: phase_status, task_relationships, execution_stats. Timestamps are "
-         "UTC ISO text 'YYYY-MM-DDTHH:MM:SS.ffffffZ'. Writes are refused. Rows are capped.",
+         "alerts, file_reports; views: phase_status, task_relationships, execution_stats. "
+         "Timestamps are UTC ISO text 'YYYY-MM-DDTHH:MM:SS.ffffffZ'. Writes are refused. "
+         "Rows are capped.",
          _schema({"sql": {"type": "string"},
                   "max_rows": {"type": "integer", "minimum": 1, "maximum": SQL_MAX_ROWS}},
                  ("sql",)),

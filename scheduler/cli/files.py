@@ -1,4 +1,8 @@
-"""``tomlflow file PATH``: report a file; every phase whose ``files`` glob matches it is queued."""
+"""``tomlflow file PATH``: report a file; every phase whose ``files`` glob matches it is queued.
+
+The report is recorded (``file_reports``, source ``command``) in the transaction that queues the
+executions, also when no phase matches.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from scheduler.cli.common import (
     out_console,
     print_json,
 )
-from scheduler.store import history
+from scheduler.store import file_reports, history
+from scheduler.store.file_reports import FileReport, Source
 from scheduler.store.history import NewExecution
 from scheduler.tasktime import iso
 
@@ -42,6 +47,7 @@ def file_cmd(path: str, config_path: str | None, as_json: bool) -> int:
 
     A local PATH is matched as an absolute path; a URL (gs://bucket/key) as given. The task
     time comes from the path (…/2024/01/02/13/…, 20240102T130000, 2024-01-02), else now.
+    The report is recorded in file_reports, also when no phase matches (exit 1).
     """
     reported = reported_path(path)
     with open_app(config_path) as app:
@@ -50,11 +56,12 @@ def file_cmd(path: str, config_path: str | None, as_json: bool) -> int:
         rows = filetrigger.rows_for_file(
             app.catalog.phases(), reported, now, app.config.workflow_root
         )
-        if not rows:
-            err_console().print(f"no phase matches {reported}", markup=False, highlight=False)
-            return ExitCode.FAILED
         with app.db.write() as conn:
             history.insert_executions(conn, rows, now)
+            file_reports.record(conn, [FileReport.of(reported, Source.COMMAND, rows)], now)
+    if not rows:
+        err_console().print(f"no phase matches {reported}", markup=False, highlight=False)
+        return ExitCode.FAILED
     _report(rows, as_json)
     return ExitCode.OK
 

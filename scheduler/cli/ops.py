@@ -224,7 +224,8 @@ def resume(task: str, file_path: str | None, config_path: str | None) -> int:
 def prune(
     older_than: str | None, dry_run: bool, batch: int, config_path: str | None, as_json: bool
 ) -> int:
-    """Delete executions that ended long ago, with their logs and alerts (never workflows)."""
+    """Delete executions that ended long ago, with their logs and alerts, and old file reports
+    (never workflows)."""
     with open_app(config_path) as app:
         age = _age(older_than) if older_than else app.config.retention
         if age is None:
@@ -239,7 +240,7 @@ def prune(
     verb = "would delete" if dry_run else "deleted"
     out_console().print(
         f"{verb} {counts.executions} executions, {counts.logs} log lines, "
-        f"{counts.alerts} alerts (ended before {iso(cutoff)})",
+        f"{counts.alerts} alerts, {counts.file_reports} file reports (before {iso(cutoff)})",
         highlight=False,
     )
     return ExitCode.OK

@@ -77,6 +77,13 @@ def _phase_stats_v5(conn: Connection) -> None:
     views.create_all(conn)
 
 
+def _file_reports_v6(conn: Connection) -> None:
+    """file_reports (one row per reported file) with its indexes, and the watched folder's
+    state (watched_roots, watched_files) that lets a restart continue where it stopped."""
+    for table in (schema.file_reports, schema.watched_roots, schema.watched_files):
+        table.create(conn, checkfirst=True)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -84,6 +91,7 @@ MIGRATIONS: list[Migration] = [
     _query_views_v3,
     _lease_and_alert_index_v4,
     _phase_stats_v5,
+    _file_reports_v6,
 ]
 
 

@@ -1,10 +1,11 @@
-"""Retention: deleting old executions with their log lines and alerts. Workflow tables and
-phase state are never touched.
+"""Retention: deleting old executions with their log lines and alerts, and old file reports.
+Workflow tables, phase state and the watched folder's state are never touched.
 
 An execution is old when it ended before the cutoff; queued and running rows never are, however
 old. Deletion runs in batches, each its own short write transaction, so a running scheduler waits
 at most one batch for the database. Log lines go first, then alerts, then the executions
-themselves, so an interrupted prune leaves nothing dangling and the next one finishes it.
+themselves, so an interrupted prune leaves nothing dangling and the next one finishes it. A file
+report is old when it was reported before the cutoff.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import ColumnElement, Connection, Select, delete, exists, func, 
 
 from scheduler.store.db import Database
 from scheduler.store.history import Status
-from scheduler.store.schema import alerts, execution_logs, executions
+from scheduler.store.schema import alerts, execution_logs, executions, file_reports
 from scheduler.tasktime import iso
 
 DEFAULT_BATCH = 5_000
@@ -30,10 +31,11 @@ class PruneCounts:
     executions: int = 0
     logs: int = 0
     alerts: int = 0
+    file_reports: int = 0
 
     @property
     def total(self) -> int:
-        return self.executions + self.logs + self.alerts
+        return self.executions + self.logs + self.alerts + self.file_reports
 
 
 def _old(cutoff: datetime) -> ColumnElement[bool]:
@@ -56,6 +58,10 @@ def _old_alerts(cutoff: datetime) -> ColumnElement[bool]:
     return alerts.c.execution_id.in_(_old_ids(cutoff)) | _stray_alerts(cutoff)
 
 
+def _old_reports(cutoff: datetime) -> ColumnElement[bool]:
+    return file_reports.c.reported_at < iso(cutoff)
+
+
 def count(db: Database, cutoff: datetime) -> PruneCounts:
     """What ``prune`` would delete now (for a dry run)."""
     with db.read() as conn:
@@ -65,6 +71,7 @@ def count(db: Database, cutoff: datetime) -> PruneCounts:
             executions=_count(conn, tally.where(_old(cutoff))),
             logs=_count(conn, tally.select_from(execution_logs).where(old_logs)),
             alerts=_count(conn, tally.select_from(alerts).where(_old_alerts(cutoff))),
+            file_reports=_count(conn, tally.select_from(file_reports).where(_old_reports(cutoff))),
         )
 
 
@@ -74,7 +81,8 @@ def _count(conn: Connection, query: Select[Any]) -> int:
 
 def prune(db: Database, cutoff: datetime, batch: int = DEFAULT_BATCH) -> PruneCounts:
     """Delete executions that ended before ``cutoff``, their log lines and their alerts (and
-    alerts tied to no execution created before it), at most ``batch`` rows per transaction.
+    alerts tied to no execution created before it), and file reports made before it, at most
+    ``batch`` rows per transaction.
 
     Cheap when there is nothing to delete: one indexed read, no write transaction.
     """
@@ -85,12 +93,17 @@ def prune(db: Database, cutoff: datetime, batch: int = DEFAULT_BATCH) -> PruneCo
     logs = _drain(db, lambda conn: _delete_logs(conn, cutoff, batch), batch)
     alert_count = _drain(db, lambda conn: _delete_alerts(conn, cutoff, batch), batch)
     execution_count = _drain(db, lambda conn: _delete_executions(conn, cutoff, batch), batch)
-    return PruneCounts(execution_count, logs, alert_count)
+    report_count = _drain(db, lambda conn: _delete_reports(conn, cutoff, batch), batch)
+    return PruneCounts(execution_count, logs, alert_count, report_count)
 
 
 def _anything_old(db: Database, cutoff: datetime) -> bool:
     with db.read() as conn:
-        query = select(exists(_old_ids(cutoff)) | exists().where(_stray_alerts(cutoff)))
+        query = select(
+            exists(_old_ids(cutoff))
+            | exists().where(_stray_alerts(cutoff))
+            | exists().where(_old_reports(cutoff))
+        )
         return bool(conn.scalar(query))
 
 
@@ -130,6 +143,14 @@ def _delete_executions(conn: Connection, cutoff: datetime, batch: int) -> int:
         conn.execute(delete(execution_logs).where(execution_logs.c.execution_id.in_(ids)))
         conn.execute(delete(alerts).where(alerts.c.execution_id.in_(ids)))
         conn.execute(delete(executions).where(executions.c.id.in_(ids)))
+    return len(ids)
+
+
+def _delete_reports(conn: Connection, cutoff: datetime, batch: int) -> int:
+    chosen = select(file_reports.c.id).where(_old_reports(cutoff)).limit(batch)
+    ids = [row.id for row in conn.execute(chosen)]
+    if ids:
+        conn.execute(delete(file_reports).where(file_reports.c.id.in_(ids)))
     return len(ids)
 
 

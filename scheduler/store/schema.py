@@ -7,6 +7,7 @@ Columns may be added, never renamed. Timestamps are UTC ISO 8601 text of one fix
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Double,
     Index,
@@ -162,6 +163,42 @@ scheduler_lease = Table(
     Column("pid", Integer, nullable=False),
     Column("since", String(32), nullable=False),
     Column("heartbeat", String(32), nullable=False),
+)
+
+# One row per reported file (``tomlflow file``, the watched folder), written in the transaction
+# that queued its executions; a file that matched no phase is recorded too, with queued = 0.
+file_reports = Table(
+    "file_reports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", Text, nullable=False),  # as matched: an absolute local path, or a URL
+    Column("source", String(16), nullable=False),  # command | watch
+    Column("reported_at", String(32), nullable=False),
+    Column("task_time", String(32)),  # the time named in the path, or NULL
+    Column("queued", Integer, nullable=False, server_default="0"),
+    Index("ix_file_reports_path", "path", "reported_at"),
+    Index("ix_file_reports_reported_at", "reported_at"),
+)
+
+# Internal state of the watched folder (store/watched.py), so that a restart continues where
+# the last run stopped. A root's row says stock was taken there once; watched_files holds each
+# file as of the last poll (an emptied folder keeps its root row and has no file rows).
+watched_roots = Table(
+    "watched_roots",
+    metadata,
+    Column("root", Text, primary_key=True),
+    Column("since", String(32), nullable=False),
+)
+
+watched_files = Table(
+    "watched_files",
+    metadata,
+    Column("root", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("settling", Integer, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("root", "path"),
 )
 
 schema_version = Table(
