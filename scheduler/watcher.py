@@ -4,7 +4,9 @@ Polling with ``os.scandir``, no dependency and no OS notification API: a scan of
 files costs a few milliseconds. A file is reported once its size and modification time have
 stayed the same for one whole poll interval after it appeared or changed, so a file still being
 written (or copied in) is not reported half-written. Names starting with ``.`` (files and
-folders) are ignored: uploaders write such temporary names and rename them when done.
+folders) are ignored: uploaders write such temporary names and rename them when done. A root
+that can't be listed (a network mount gone) changes nothing: its files are not taken as removed,
+so they are not reported again when it comes back.
 
 The watcher only says what changed; it never touches the database. A caller that must survive
 a restart seeds it with the state it kept (``WatchState``) and keeps each poll's ``Diff`` next
@@ -95,6 +97,10 @@ class FolderWatcher:
         """Scan once and say what ``poll`` would report and change, without changing anything:
         a caller that must first store the diff calls ``advance`` once that succeeded."""
         current = self._scan()
+        if current is None:
+            if self._state is not None:  # the root can't be listed (a mount gone?): not empty
+                return Poll([], Diff(), self._state)
+            current = {}  # missing from the start: what appears in it later is new
         if self._state is None and not self._report_existing:
             stock = {path: Entry(signature, False) for path, signature in current.items()}
             return Poll([], Diff(stock, first=True), WatchState(current))
@@ -113,10 +119,12 @@ class FolderWatcher:
         return Poll([Path(p) for p in sorted(ready)], diff, WatchState(current, settling))
 
     def advance(self, result: Poll) -> None:
-        """Take the state ``result`` (from ``check``) leads to."""
-        self._state = result.state
+        """Take the state ``result`` (from ``check``) leads to; an empty diff changes nothing."""
+        if result.diff:
+            self._state = result.state
 
-    def _scan(self) -> dict[str, Signature]:
+    def _scan(self) -> dict[str, Signature] | None:
+        """Every file under the root, or None when the root itself can't be listed."""
         found: dict[str, Signature] = {}
         try:
             self._scan_into(str(self.root), found)
@@ -124,7 +132,7 @@ class FolderWatcher:
             if not self._missing_logged:
                 log.warning("cannot watch %s: %s", self.root, exc)
                 self._missing_logged = True
-            return found
+            return None
         self._missing_logged = False
         return found
 

@@ -115,6 +115,23 @@ def test_missing_root_reports_nothing_until_it_exists(tmp_path: Path) -> None:
     assert watcher.poll() == [path]
 
 
+def test_a_root_that_vanishes_and_comes_back_reports_only_what_is_new(tmp_path: Path) -> None:
+    # Given a watcher that knows a.csv (a mounted folder, say)
+    root = tmp_path / "inbox"
+    old = write(root / "a.csv")
+    watcher = FolderWatcher(root)
+    watcher.poll()
+    # When the folder can't be listed for a while, nothing counts as removed...
+    root.rename(tmp_path / "away")
+    assert watcher.poll() == [] and not watcher.check().diff
+    # ...then it comes back with one new file: only that one is reported
+    (tmp_path / "away").rename(root)
+    new = write(root / "b.csv")
+    assert watcher.poll() == []
+    assert watcher.poll() == [new]
+    assert old not in watcher.poll()
+
+
 def test_a_few_thousand_files_scan_quickly(tmp_path: Path) -> None:
     for folder in range(20):
         (tmp_path / f"d{folder}").mkdir()
