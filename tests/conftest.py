@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,28 @@ def workflow_dir(tmp_path: Path) -> Path:
 
 
 WriteWorkflow = Callable[[str, str], Path]
+
+SITE_DATABASE = "tomlflow.db"
+
+
+def make_site(
+    root: Path,
+    workflows: Mapping[str, str],
+    settings: str = "",
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> Path:
+    """A project folder as a user has one: ``workflows/<name>`` for each of ``workflows`` and a
+    ``tomlflow.toml`` whose [scheduler] names that folder, the SQLite file SITE_DATABASE and
+    the ``settings`` lines. With ``monkeypatch``, the tests work in it, with no TOMLFLOW_CONFIG."""
+    (root / "workflows").mkdir(parents=True, exist_ok=True)
+    for name, text in workflows.items():
+        (root / "workflows" / name).write_text(text, encoding="utf-8")
+    config = f'[scheduler]\nworkflows = "workflows"\ndatabase = "sqlite:///{SITE_DATABASE}"\n'
+    (root / "tomlflow.toml").write_text(config + textwrap.dedent(settings), encoding="utf-8")
+    if monkeypatch is not None:
+        monkeypatch.chdir(root)
+        monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
+    return root
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from scheduler.rules import BatchBy
 from scheduler.store.db import Database
 from scheduler.store.history import Execution
 from scheduler.store.schema import execution_logs, executions
+from tests.conftest import make_site
 
 PY = sys.executable
 
@@ -74,22 +74,10 @@ KV = [{"key": "fruit", "val": "apple"}, {"key": "animal", "val": "dog"}]
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A config, the f3.toml workflow with its meta-file, and kv.json in the working dir."""
-    (tmp_path / "workflows").mkdir()
-    (tmp_path / "workflows" / "f3.toml").write_text(F3)
-    (tmp_path / "workflows" / "presidents.json").write_text(_lines(PRESIDENTS))
     (tmp_path / "kv.json").write_text(_lines(KV))
     (tmp_path / "presidents.json").write_text(_lines(PRESIDENTS))
-    (tmp_path / "tomlflow.toml").write_text(
-        textwrap.dedent("""
-        [scheduler]
-        workflows = "workflows"
-        database = "sqlite:///tomlflow.db"
-        max_workers = 2
-    """)
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
-    return tmp_path
+    workflows = {"f3.toml": F3, "presidents.json": _lines(PRESIDENTS)}
+    return make_site(tmp_path, workflows, "max_workers = 2\n", monkeypatch)
 
 
 def _lines(rows: list[dict[str, Any]]) -> str:

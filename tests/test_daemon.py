@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from sqlalchemy import select
 from scheduler.engine import ORPHANED
 from scheduler.store.db import Database
 from scheduler.store.schema import executions, scheduler_lease, workflow_phases
+from tests.conftest import make_site
 
 PY = sys.executable
 SLEEPER = f"""
@@ -35,16 +35,7 @@ template = "{PY} -c 'import time; time.sleep(60)'"
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    (tmp_path / "workflows").mkdir()
-    (tmp_path / "workflows" / "w.toml").write_text(SLEEPER)
-    (tmp_path / "tomlflow.toml").write_text(textwrap.dedent("""
-        [scheduler]
-        workflows = "workflows"
-        database = "sqlite:///tomlflow.db"
-        refresh = "1h"
-        shutdown_grace = "500ms"
-    """))
-    return tmp_path
+    return make_site(tmp_path, {"w.toml": SLEEPER}, 'refresh = "1h"\nshutdown_grace = "500ms"\n')
 
 
 @pytest.fixture

@@ -21,31 +21,24 @@ from scheduler.store.db import Database
 from scheduler.store.file_reports import FileReport, Source
 from scheduler.store.history import NewExecution, Status, Trigger
 from scheduler.store.schema import executions, file_reports
+from tests.conftest import SITE_DATABASE, make_site
 
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A config and a workflow whose phase takes the csv files of inbox/<day>/."""
     (tmp_path / "inbox").mkdir()
-    (tmp_path / "workflows").mkdir()
-    (tmp_path / "workflows" / "ingest.toml").write_text(
-        textwrap.dedent(f"""
+    ingest = textwrap.dedent(f"""
         [[phase]]
         task = "ingest"
         rule = "files={tmp_path / "inbox"}/*/*.csv"
         template = "echo {{meta:file}}"
         """)
-    )
-    (tmp_path / "tomlflow.toml").write_text(
-        '[scheduler]\nworkflows = "workflows"\ndatabase = "sqlite:///t.db"\n'
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
-    yield tmp_path
+    yield make_site(tmp_path, {"ingest.toml": ingest}, monkeypatch=monkeypatch)
 
 
 def rows_of(site: Path, table: Any) -> list[Any]:
-    db = Database(f"sqlite:///{site / 't.db'}")
+    db = Database(f"sqlite:///{site / SITE_DATABASE}")
     try:
         with db.read() as conn:
             return list(conn.execute(select(table).order_by(table.c.id)))

@@ -21,7 +21,7 @@ from scheduler.store.db import Database
 from scheduler.store.history import Execution, Status, Trigger
 from scheduler.store.schema import executions
 from scheduler.validation import PhaseSpec
-from tests.conftest import WriteWorkflow
+from tests.conftest import SITE_DATABASE, WriteWorkflow, make_site
 
 NOW = datetime(2024, 3, 4, 5, 6, tzinfo=UTC)
 
@@ -197,27 +197,19 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A config, a workflow with a files= phase whose command prints {meta:file}."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    (tmp_path / "workflows").mkdir()
     code = "import sys; print('got', sys.argv[1], sys.argv[2])"
     template = f"{sys.executable} -c {json.dumps(code)} {{meta:file}} {{yyyy}}{{mm}}{{dd}}"
-    (tmp_path / "workflows" / "ingest.toml").write_text(
-        textwrap.dedent(f"""
+    ingest = textwrap.dedent(f"""
         [[phase]]
         task = "ingest"
         rule = "files={inbox}/*/*.csv"
         template = {json.dumps(template)}
         """)
-    )
-    (tmp_path / "tomlflow.toml").write_text(
-        '[scheduler]\nworkflows = "workflows"\ndatabase = "sqlite:///t.db"\n'
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
-    yield tmp_path
+    yield make_site(tmp_path, {"ingest.toml": ingest}, monkeypatch=monkeypatch)
 
 
 def stored(site: Path) -> list[Execution]:
-    db = Database(f"sqlite:///{site / 't.db'}")
+    db = Database(f"sqlite:///{site / SITE_DATABASE}")
     try:
         with db.read() as conn:
             rows = conn.execute(select(executions).order_by(executions.c.id))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ from scheduler.store.db import Database
 from scheduler.store.history import Execution, LogRow, NewAlert, NewExecution, Status, Trigger
 from scheduler.store.schema import alerts, execution_logs, executions, phase_state
 from scheduler.tasktime import iso
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, make_site
 
 PY = sys.executable
 FLAG = "ok.flag"
@@ -59,19 +58,7 @@ T = datetime(2024, 1, 2, tzinfo=UTC)
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "workflows").mkdir()
-    (tmp_path / "workflows" / "p.toml").write_text(PIPELINE)
-    (tmp_path / "tomlflow.toml").write_text(
-        textwrap.dedent("""
-        [scheduler]
-        workflows = "workflows"
-        database = "sqlite:///tomlflow.db"
-        max_workers = 2
-    """)
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
-    return tmp_path
+    return make_site(tmp_path, {"p.toml": PIPELINE}, "max_workers = 2\n", monkeypatch)
 
 
 @pytest.fixture
