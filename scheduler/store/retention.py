@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, delete, exists, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    Table,
+    delete,
+    exists,
+    func,
+    select,
+    tuple_,
+)
 
 from scheduler.store.db import Database
 from scheduler.store.history import Status
@@ -129,10 +139,14 @@ def _delete_logs(conn: Connection, cutoff: datetime, batch: int) -> int:
 
 
 def _delete_alerts(conn: Connection, cutoff: datetime, batch: int) -> int:
-    chosen = select(alerts.c.id).where(_old_alerts(cutoff)).limit(batch)
-    ids = [row.id for row in conn.execute(chosen)]
+    return _delete_some(conn, alerts, _old_alerts(cutoff), batch)
+
+
+def _delete_some(conn: Connection, table: Table, old: ColumnElement[bool], batch: int) -> int:
+    """Delete at most ``batch`` rows of ``table`` (keyed by ``id``) that are ``old``."""
+    ids = [row.id for row in conn.execute(select(table.c.id).where(old).limit(batch))]
     if ids:
-        conn.execute(delete(alerts).where(alerts.c.id.in_(ids)))
+        conn.execute(delete(table).where(table.c.id.in_(ids)))
     return len(ids)
 
 
@@ -147,11 +161,7 @@ def _delete_executions(conn: Connection, cutoff: datetime, batch: int) -> int:
 
 
 def _delete_reports(conn: Connection, cutoff: datetime, batch: int) -> int:
-    chosen = select(file_reports.c.id).where(_old_reports(cutoff)).limit(batch)
-    ids = [row.id for row in conn.execute(chosen)]
-    if ids:
-        conn.execute(delete(file_reports).where(file_reports.c.id.in_(ids)))
-    return len(ids)
+    return _delete_some(conn, file_reports, _old_reports(cutoff), batch)
 
 
 def _rowcount(value: int | None) -> int:
