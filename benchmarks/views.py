@@ -107,7 +107,7 @@ QUERIES: dict[str, tuple[str, dict[str, str], float]] = {
     "SELECT * FROM execution_stats": ("SELECT * FROM execution_stats", {}, 100),
     # tomlflow stats --since 7d: counted from the executions of the last week, not the summary.
     "execution_stats of the last 7 days": (
-        f"SELECT * FROM ({execution_stats_select('sqlite', 'since')}) s",
+        f"SELECT * FROM ({execution_stats_select('since')}) s",
         {"since": "2024-02-04T16:00:00.000000Z"},
         1000,
     ),

@@ -14,7 +14,7 @@ from typing import Any
 
 from scheduler.store.phase_stats import FAILED
 from scheduler.store.readonly import ReadOnlyDatabase
-from scheduler.store.views import duration_sql, execution_stats_select
+from scheduler.store.views import execution_stats_select
 from scheduler.tasktime import iso
 
 MAX_PAGE = 200
@@ -73,7 +73,7 @@ def list_executions(db: ReadOnlyDatabase, where: ExecutionFilter, limit: int = 5
     """Executions matching ``where``, newest first, ``limit`` (at most MAX_PAGE) from ``offset``."""
     limit, offset = _clamp(limit, 1, MAX_PAGE), max(offset, 0)
     clause, params = where.where()
-    sql = (f"SELECT {_LIST_COLUMNS}, {duration_sql(db.dialect)} AS seconds FROM executions"
+    sql = (f"SELECT {_LIST_COLUMNS}, duration_seconds AS seconds FROM executions"
            f"{clause} ORDER BY id DESC LIMIT :limit OFFSET :offset")
     result = db.query(sql, {**params, "limit": limit + 1, "offset": offset}, max_rows=limit + 1)
     rows = result.as_dicts()
@@ -132,7 +132,7 @@ def stats(db: ReadOnlyDatabase, since: datetime | None = None, task: str | None 
           limit: int = 1000) -> list[dict[str, Any]]:
     """Per-phase counts, success rate, avg/p95/max seconds and last failure; with ``since``,
     over executions created since then only (else the ``execution_stats`` view as it is)."""
-    body = execution_stats_select(db.dialect, "since" if since else None)
+    body = execution_stats_select("since" if since else None)
     params: dict[str, Any] = {"since": iso(since)} if since else {}
     task_clause = ""
     if task:

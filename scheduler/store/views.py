@@ -135,13 +135,10 @@ def seconds_between(dialect: str, start: str, end: str) -> str:
     return _SECONDS.get(dialect, _SECONDS["postgresql"]).format(start=start, end=end)
 
 
-def execution_stats_select(dialect: str, since_param: str | None = None) -> str:
+def execution_stats_select(since_param: str | None = None) -> str:
     """The SELECT behind ``execution_stats``; with ``since_param``, only executions created at
-    or after the ``:<since_param>`` timestamp count (``tomlflow stats --since``).
-
-    The two give the same rows over the same executions; ``dialect`` is accepted for callers
-    that pass it, and is unused now that durations are stored."""
-    del dialect
+    or after the ``:<since_param>`` timestamp count (``tomlflow stats --since``). The two give
+    the same rows over the same executions, on every backend (durations are stored)."""
     if since_param is None:
         return _FROM_SUMMARY + _STATS_COLUMNS.format(timed=_TIMED_X, x_where="")
     x_where = f" AND x.created_at >= :{since_param}"
@@ -152,8 +149,8 @@ def execution_stats_select(dialect: str, since_param: str | None = None) -> str:
 
 def duration_sql(dialect: str, prefix: str = "") -> str:
     """SQL for an execution's run time in seconds from its timestamps; ``prefix`` is a table
-    alias and a dot. (Schema version 3 indexed this expression; version 5 stores
-    ``duration_seconds`` instead, so new SQL should read that column.)"""
+    alias and a dot. Only schema step 3 uses it (it indexed this expression); everything else
+    reads the stored ``duration_seconds``."""
     return seconds_between(dialect, f"{prefix}started_at", f"{prefix}ended_at")
 
 
@@ -168,7 +165,7 @@ def create_all(conn: Connection) -> None:
             "phase_status": PHASE_STATUS,
             "task_relationships": TASK_RELATIONSHIPS,
             "execution_stats": "CREATE VIEW execution_stats AS"
-            + execution_stats_select(conn.dialect.name),
+            + execution_stats_select(),
         },
     )
 
