@@ -113,8 +113,8 @@ _SQLITE_TRIGGERS = {
     ),
 }
 
-# PostgreSQL: one plpgsql function for all three events. Not exercised by the test suite, which
-# runs on SQLite only; it mirrors the SQLite triggers statement for statement.
+# PostgreSQL: one plpgsql function for all three events, mirroring the SQLite triggers
+# statement for statement (tests/test_phase_stats.py runs on both in CI: .ci/postgres).
 _PG_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION phase_stats_track() RETURNS trigger LANGUAGE plpgsql AS $body$
 BEGIN
