@@ -36,6 +36,15 @@ RULES = st.one_of(
 )
 
 
+def test_every_run_explores_the_same_examples_and_keeps_none() -> None:
+    # The profile tests/conftest.py loads: a saved failing example must never make later runs
+    # fail, and CI must see what a laptop sees.
+    current = settings()
+    assert current.derandomize
+    assert current.database is None
+    assert current.print_blob
+
+
 @FAST
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_crash_the_loader(data: bytes) -> None:
