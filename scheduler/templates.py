@@ -51,6 +51,11 @@ _TOKEN = re.compile(
     re.ASCII,
 )
 
+# What looks meant as a token: braces around text that starts like a name, up to the first "}"
+# (so a slip like "{yyyy-{x}" is reported whole). "${HOME}" is the shell's, and "{"a": 1}" is
+# JSON, not a token.
+_TOKEN_LIKE = re.compile(r"(?<!\$)\{[A-Za-z_][^}\s]*\}")
+
 # Go's zero time.Time (year 1, January 1, 00:00 UTC) is how flowlord spells "no task time".
 _GO_ZERO = datetime(1, 1, 1)
 
@@ -90,6 +95,14 @@ def render(
         return values.get(name, match.group(0))
 
     return _TOKEN.sub(substitute, head) + tail
+
+
+def unknown_tokens(template: str) -> list[str]:
+    """The ``{...}`` in ``template`` that look meant as tokens but are none (``{nope}``), in
+    order, each once. The part after a ``#`` is not rendered, so it is not looked at."""
+    head, _ = _split_comment(template)
+    found = [m.group(0) for m in _TOKEN_LIKE.finditer(head) if not _TOKEN.fullmatch(m.group(0))]
+    return list(dict.fromkeys(found))
 
 
 def pod_name(host: str) -> str:

@@ -16,7 +16,6 @@ from hypothesis import settings
 from scheduler.catalog import Catalog
 from scheduler.store.db import Database
 
-
 # --- hypothesis profile ------------------------------------------------------------------------
 # Every run explores the same examples (derandomize) and keeps no example database between runs,
 # so a failure found once cannot make every later run fail from a stale saved example, and CI
