@@ -75,6 +75,13 @@ def test_time_from_path(text: str, expected: datetime) -> None:
         ("/warehouse/sales/day=2022-12-31/part-0.parquet", utc(2022, 12, 31)),
         # a query key we do not know falls back to the path
         ("gs://bucket/2023/05/11/f.txt?data=2001-02-03", utc(2023, 5, 11)),
+        # flowlord reads a value as a full timestamp first, then an hour, then a day
+        ("?date=2020-03-05T15", utc(2020, 3, 5, 15)),
+        ("?date=2020-03-05T15:16:17Z", utc(2020, 3, 5, 15, 16, 17)),
+        ("?day=2020-03-05T15:16:17.250Z", utc(2020, 3, 5, 15, 16, 17)),
+        ("?time=2021-07-04T06:30:15+02:00", utc(2021, 7, 4, 4, 30, 15)),
+        ("?hour=2021-07-04", utc(2021, 7, 4)),
+        ("?day=2020-03-05T25", utc(2020, 3, 5)),  # no such hour: the day still counts
     ],
 )
 def test_time_from_info_query(text: str, expected: datetime) -> None:
