@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.config import WorkerConfig
 from scheduler.loader import RawPhase
-from scheduler.validation import NON_SCHEDULED, PhaseSpec, Severity, validate_file
+from scheduler.validation import (
+    NO_COMMAND,
+    NON_SCHEDULED,
+    PhaseSpec,
+    Severity,
+    require_command,
+    validate_file,
+)
 
 
 def one(raw: RawPhase) -> PhaseSpec:
@@ -329,3 +337,36 @@ def test_an_unknown_template_token_is_a_warning(template: str, status: str) -> N
     spec = one(RawPhase(task="t", rule="cron=@daily", template=template))
     assert spec.status == status
     assert spec.runnable
+
+
+# --- a phase that cannot run: no template and no worker command -----------------------------
+
+
+def test_require_command_is_an_error_without_template_or_worker() -> None:
+    spec = one(RawPhase(task="t:j", rule="cron=@daily&colour=red"))
+    checked = require_command(spec, {})
+    assert checked.status == f"{NO_COMMAND}; unknown key: colour"
+    assert checked.severity is Severity.ERROR and not checked.runnable
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [
+        {"t": WorkerConfig(command="run {info}")},
+        {"t:j": WorkerConfig(command="run {info}")},
+        {"t": WorkerConfig(python="pkg.mod:fn")},
+    ],
+)
+def test_a_worker_command_is_a_command(workers: dict[str, WorkerConfig]) -> None:
+    spec = one(RawPhase(task="t:j", rule="cron=@daily"))
+    assert require_command(spec, workers) == spec
+
+
+def test_a_worker_without_command_does_not_count() -> None:
+    spec = one(RawPhase(task="t", rule="cron=@daily"))
+    assert require_command(spec, {"t": WorkerConfig(timeout=None)}).status == NO_COMMAND
+
+
+def test_a_template_is_a_command() -> None:
+    spec = one(RawPhase(task="t", rule="cron=@daily", template="echo"))
+    assert require_command(spec, {}) == spec
