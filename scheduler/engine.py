@@ -108,7 +108,7 @@ class Engine:
         self.db = db
         self.executor = executor
         self.clock = clock
-        self.catalog = Catalog(db, config.workflows, clock)
+        self.catalog = Catalog(db, config.workflows, clock, config.workers)
         self.rng = rng or random.Random()
         self.workflows = config.workflow_root
         self._snapshot: Snapshot | None = None

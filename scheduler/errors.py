@@ -49,6 +49,13 @@ class CronError(TomlflowError):
         super().__init__(f"invalid cron: {expr} {reason}")
 
 
+class CronNeverFires(CronError):
+    """A cron expression that is well formed but matches no time at all (``0 0 30 2 *``)."""
+
+    def __init__(self, expr: str) -> None:
+        super().__init__(expr, "never fires")
+
+
 class WorkflowError(TomlflowError):
     """A workflow file, or one phase in it, cannot be read or used."""
 

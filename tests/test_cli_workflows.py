@@ -16,14 +16,17 @@ BROKEN = """
 [[phase]]
 task = "good"
 rule = "cron=0 5 * * *"
+template = "echo good"
 
 [[phase]]
 task = "lost"
 depends_on = "nobody"
+template = "echo lost"
 
 [[phase]]
 task = "odd"
 rule = "cron=@daily&colour=red"
+template = "echo odd"
 """
 
 
@@ -207,3 +210,18 @@ def test_help_is_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("init", "validate", "refresh", "phases", "graph"):
         assert command in out
+
+
+def test_validate_says_a_phase_has_no_command_and_a_worker_fixes_it(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a typo that leaves a phase with no template ("templat") and no [workers] command
+    (project / "workflows" / "typo.toml").write_text(
+        '[[phase]]\ntask = "t"\nrule = "cron=@daily"\ntemplat = "echo"\n'
+    )
+    assert main(["validate"]) == 1
+    out = capsys.readouterr().out
+    assert "typo.toml [t]: no command: set template or a [workers] command" in out
+    # when the configuration gives the topic a worker command, then the same file is clean
+    (project / "tomlflow.toml").write_text('[workers."t"]\ncommand = "run {info}"\n')
+    assert main(["validate"]) == 0

@@ -83,7 +83,7 @@ def open_app(config_path: str | None) -> Iterator[App]:
     config = load_config(config_path)
     db = Database(config.database)
     try:
-        yield App(config, db, Catalog(db, config.workflows, SystemClock()))
+        yield App(config, db, Catalog(db, config.workflows, SystemClock(), config.workers))
     finally:
         db.close()
 
