@@ -57,6 +57,7 @@ class Config:
     source: Path | None = None
     workflows: Path = field(default_factory=lambda: Path("workflows").absolute())
     database: str = field(default_factory=lambda: _sqlite_url(DEFAULT_DATABASE, Path.cwd()))
+    readonly_database: str = ""  # a read-only role's URL for sql, ask, mcp (docs/SECURITY.md)
     timezone: str = "UTC"
     refresh: timedelta = timedelta(minutes=1)
     max_workers: int = field(default_factory=lambda: os.cpu_count() or 2)
@@ -66,6 +67,11 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     retention: timedelta | None = None
     ai: AIConfig = field(default_factory=AIConfig)
+
+    @property
+    def query_database(self) -> str:
+        """The URL someone's SQL runs on: ``readonly_database`` when set, else ``database``."""
+        return self.readonly_database or self.database
 
     @property
     def workflow_root(self) -> Path:
@@ -204,6 +210,7 @@ class _Reader:
 _SCHEDULER: dict[str, Callable[[_Reader, str, Any], Any]] = {
     "workflows": _Reader.path,
     "database": _Reader.database,
+    "readonly_database": _Reader.database,
     "timezone": _Reader.timezone,
     "refresh": _Reader.duration,
     "max_workers": _Reader.positive_int,

@@ -37,7 +37,7 @@ def _readonly(config_path: str | None) -> Iterator[tuple[Config, ReadOnlyDatabas
     first, like every command does, so the views exist)."""
     config = load_config(config_path)
     Database(config.database).close()
-    db = ReadOnlyDatabase(config.database)
+    db = ReadOnlyDatabase(config.query_database)
     try:
         yield config, db
     finally:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from scheduler.errors import StoreError
+from scheduler.redact import redact
 from scheduler.store import schema
 from scheduler.tasktime import iso
 
@@ -167,7 +168,7 @@ class Database:
                         version=current + 1, applied_at=iso(datetime.now(UTC))
                     )
                 )
-            log.info("database %s migrated to schema version %d", self.url, current + 1)
+            log.info("database %s migrated to schema version %d", redact(self.url), current + 1)
 
     def close(self) -> None:
         self.engine.dispose()
