@@ -9,20 +9,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
-from scheduler.catalog import Catalog
-from scheduler.clock import SystemClock
-from scheduler.config import Config, load_config
 from scheduler.errors import TaskNotFound, TomlflowError
-from scheduler.store.db import Database
-from scheduler.tasktime import parse_at
-from scheduler.validation import PhaseSpec
+
+# Imported where used, so that a command pays only for what it needs (``--version`` for none).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from scheduler.catalog import Catalog
+    from scheduler.config import Config
+    from scheduler.store.db import Database
+    from scheduler.validation import PhaseSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# ctx.meta key of a --config given before the command (``tomlflow --config x.toml status``).
+CONFIG_KEY = "tomlflow.config"
 
 
 class ExitCode(IntEnum):
@@ -33,6 +38,8 @@ class ExitCode(IntEnum):
 
 
 def out_console() -> Console:
+    from rich.console import Console
+
     # Piped output (a file, grep, a test) gets room for whole rows instead of 80 columns.
     width = None if sys.stdout.isatty() else 200
     return Console(file=sys.stdout, soft_wrap=True, width=width)
@@ -44,7 +51,14 @@ def short_time(text: str | None) -> str:
 
 
 def err_console() -> Console:
+    from rich.console import Console
+
     return Console(file=sys.stderr, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr, as one plain line."""
+    click.echo(f"error: {message}", err=True)
 
 
 def config_option(func: F) -> F:
@@ -54,8 +68,14 @@ def config_option(func: F) -> F:
         "config_path",
         metavar="PATH",
         default=None,
+        callback=_config_or_global,
         help="Configuration file (default: $TOMLFLOW_CONFIG, else ./tomlflow.toml if present).",
     )(func)
+
+
+def _config_or_global(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--config`` after the command wins; else the one given before it, if any."""
+    return value if value is not None else ctx.meta.get(CONFIG_KEY)
 
 
 def json_option(func: F) -> F:
@@ -80,6 +100,11 @@ class App:
 @contextmanager
 def open_app(config_path: str | None) -> Iterator[App]:
     """Load the configuration, open (and migrate) the database; close it afterwards."""
+    from scheduler.catalog import Catalog
+    from scheduler.clock import SystemClock
+    from scheduler.config import load_config
+    from scheduler.store.db import Database
+
     config = load_config(config_path)
     db = Database(config.database)
     try:
@@ -120,6 +145,8 @@ def runnable_phase(spec: PhaseSpec) -> PhaseSpec:
 
 def option_time(text: str | None, option: str) -> datetime | None:
     """A task time given on the command line, or None; bad text is a usage error on ``option``."""
+    from scheduler.tasktime import parse_at
+
     if text is None:
         return None
     try:
