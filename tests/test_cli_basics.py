@@ -13,7 +13,8 @@ import click
 import pytest
 
 from scheduler.cli import COMMAND_TABLE, main
-from tests.conftest import make_site
+from scheduler.store.db import Database
+from tests.conftest import SITE_DATABASE, make_site
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,6 +73,7 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
+    Database(f"sqlite:///{site / SITE_DATABASE}").close()
     return site / "tomlflow.toml"
 
 
@@ -82,7 +84,7 @@ def test_config_works_before_and_after_the_command(
     config = ["--config", str(elsewhere)]
     argv = [*config, "phases", "--json"] if before else ["phases", "--json", *config]
     assert main(argv) == 0
-    assert [p["task"] for p in json.loads(capsys.readouterr().out)] == ["hello"]
+    assert [p["task"] for p in json.loads(capsys.readouterr().out)["phases"]] == ["hello"]
 
 
 def test_config_after_the_command_wins(

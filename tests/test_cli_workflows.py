@@ -94,12 +94,17 @@ def test_refresh_prints_changed_keys(project: Path, capsys: pytest.CaptureFixtur
     assert json.loads(capsys.readouterr().out) == {
         "changed": ["new.toml", "-orders.toml"],
         "errors": {},
+        "phase_errors": [],
     }
 
 
 def test_phases_json(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["refresh"]) == 0
+    capsys.readouterr()
     assert main(["phases", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)
+    assert data["broken_files"] == []
+    rows = data["phases"]
     assert [(r["task"], r["depends_on"], r["status"]) for r in rows] == [
         ("extract:orders", "", ""),
         ("publish", "transform", ""),
@@ -111,6 +116,7 @@ def test_phases_json(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_phases_table(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["refresh"]) == 0
     assert main(["phases"]) == 0
     out = capsys.readouterr().out
     assert "extract:orders" in out and "transform" in out and "ok" in out

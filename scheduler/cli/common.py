@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from scheduler.errors import TaskNotFound, TomlflowError
+from scheduler.errors import TaskNotFound, TomlflowError, WorkflowError
 
 # Imported where used, so that a command pays only for what it needs (``--version`` for none).
 if TYPE_CHECKING:
@@ -111,6 +111,76 @@ def open_app(config_path: str | None) -> Iterator[App]:
         yield App(config, db, Catalog(db, config.workflows, SystemClock()))
     finally:
         db.close()
+
+
+@dataclass
+class Reader:
+    """What a command that only reads works with: the configuration and the existing
+    database, opened read-only (never created, never migrated)."""
+
+    config: Config
+    db: Database
+    workflows: Workflows | None
+
+
+@contextmanager
+def open_reader(config_path: str | None, *, with_workflows: bool = False) -> Iterator[Reader]:
+    """Load the configuration (and with ``with_workflows`` the workflow files, see
+    read_workflows) and open its database read-only; raises NoDatabase (one line, exit 2) when
+    there is none yet."""
+    from scheduler.config import load_config
+    from scheduler.store.db import open_existing
+
+    config = load_config(config_path)
+    workflows = read_workflows(config) if with_workflows else None
+    db = open_existing(config.database)
+    try:
+        yield Reader(config, db, workflows)
+    finally:
+        db.close()
+
+
+@dataclass(frozen=True)
+class Workflows:
+    """The workflow files as they are now: their phases, and each file that does not load."""
+
+    specs: list[PhaseSpec]
+    broken: dict[str, str]  # file key → error
+
+
+def read_workflows(config: Config) -> Workflows:
+    """Parse and validate every workflow file as a refresh would, storing nothing (for the
+    commands that only read). Raises WorkflowError when the workflow path does not exist."""
+    from scheduler.loader import WorkflowSource, parse_bytes, read_source
+    from scheduler.validation import validate_file
+
+    if not config.workflows.exists():
+        raise WorkflowError(str(config.workflows), "no such file or folder")
+    specs: list[PhaseSpec] = []
+    broken: dict[str, str] = {}
+    for key, path in WorkflowSource(config.workflows).files().items():
+        try:
+            data, modified = read_source(path)
+        except OSError as exc:
+            broken[key] = f"cannot read: {exc.strerror or exc}"
+            continue
+        load = parse_bytes(key, data, modified)
+        if load.error:
+            broken[key] = load.error
+        else:
+            specs.extend(validate_file(key, load.phases))
+    return Workflows(sorted(specs, key=lambda s: (s.file_path, s.task)), broken)
+
+
+def print_broken(broken: dict[str, str]) -> None:
+    """One line per workflow file that does not load, after a command's table."""
+    console = out_console()
+    for key, error in broken.items():
+        console.print(f"[red]broken file[/] {key}: {_escape(error)}", highlight=False)
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
 
 
 file_option = click.option(

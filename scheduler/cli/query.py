@@ -26,17 +26,17 @@ from scheduler.clock import SystemClock
 from scheduler.config import Config, load_config
 from scheduler.durations import parse_duration
 from scheduler.errors import DurationError
-from scheduler.store.db import Database
+from scheduler.store.db import open_existing
 from scheduler.store.readonly import ReadOnlyDatabase
 from scheduler.tasktime import iso, parse_at
 
 
 @contextmanager
 def _readonly(config_path: str | None) -> Iterator[tuple[Config, ReadOnlyDatabase]]:
-    """The configuration and a read-only connection to its database (created and migrated
-    first, like every command does, so the views exist)."""
+    """The configuration and a read-only connection to its existing database (never created:
+    NoDatabase when there is none; its schema must be this tomlflow's, so the views exist)."""
     config = load_config(config_path)
-    Database(config.database).close()
+    open_existing(config.database).close()
     db = ReadOnlyDatabase(config.database)
     try:
         yield config, db

@@ -23,17 +23,20 @@ from scheduler.cli.common import (
     find_phase,
     json_option,
     open_app,
+    open_reader,
     option_time,
     out_console,
+    print_broken,
     print_json,
+    read_workflows,
     runnable_phase,
     short_time,
 )
 from scheduler.clock import SystemClock
 from scheduler.engine import Engine, TickReport
-from scheduler.errors import TomlflowError
+from scheduler.errors import TaskNotFound, TomlflowError
 from scheduler.executor import LocalExecutor
-from scheduler.store import history
+from scheduler.store import history, lease
 from scheduler.store.history import Status, Trigger
 from scheduler.tasktime import iso
 from scheduler.validation import PhaseSpec
@@ -159,26 +162,28 @@ def trigger(
             app.config.workflow_root,
         )
         with app.db.write() as conn:
-            history.insert_executions(conn, rows, now)
+            ids = history.insert_returning_ids(conn, rows, now)
+    queued = [
+        {
+            "id": execution_id,
+            "task": r.task,
+            "task_time": iso(r.task_time) if r.task_time else None,
+            "info": r.info,
+            "task_id": r.task_id,
+        }
+        for execution_id, r in zip(ids, rows, strict=True)
+    ]
     if as_json:
-        print_json(
-            [
-                {
-                    "task": r.task,
-                    "task_time": iso(r.task_time) if r.task_time else None,
-                    "info": r.info,
-                    "task_id": r.task_id,
-                }
-                for r in rows
-            ]
+        # "id" is the execution queued; a batch rule queues several, all in "ids".
+        print_json({"id": ids[0] if ids else None, "ids": ids, "executions": queued})
+        return ExitCode.OK
+    for item in queued:
+        out_console().print(
+            f"queued execution {item['id']}: {item['task']} for {item['task_time'] or '-'}: "
+            f"{item['info']}",
+            highlight=False,
+            markup=False,
         )
-    else:
-        for row in rows:
-            out_console().print(
-                f"queued {row.task} for {iso(row.task_time) if row.task_time else '-'}: {row.info}",
-                highlight=False,
-                markup=False,
-            )
     return ExitCode.OK
 
 
@@ -196,15 +201,19 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
 @config_option
 @json_option
 def status(config_path: str | None, as_json: bool) -> int:
-    """One line per phase: last result, when, and the next cron fire."""
-    with open_app(config_path) as app:
-        app.catalog.refresh()
-        specs = app.catalog.phases()
-        with app.db.read() as conn:
+    """One line per phase: last result, when, and the next cron fire; then whether a
+    scheduler is running on the database, and each workflow file that does not load."""
+    with open_reader(config_path, with_workflows=True) as reader:
+        loaded = reader.workflows
+        assert loaded is not None
+        with reader.db.read() as conn:
             latest = history.latest_by_phase(conn)
             states = history.phase_states(conn)
+            holder = lease.current(conn)
+    now = datetime.now(UTC)
+    running = holder is not None and not holder.is_gone(now)
     rows: list[dict[str, Any]] = []
-    for spec in specs:
+    for spec in loaded.specs:
         key = (spec.file_path, spec.task)
         last, state = latest.get(key), states.get(key)
         rows.append(
@@ -216,11 +225,14 @@ def status(config_path: str | None, as_json: bool) -> int:
                 "last_status": last.status.value if last else None,
                 "last_task_time": iso(last.task_time) if last and last.task_time else None,
                 "last_ended_at": iso(last.ended_at) if last and last.ended_at else None,
-                "next_fire": _next_fire(spec, state, app.config.timezone),
+                "next_fire": _next_fire(spec, state, reader.config.timezone),
             }
         )
+    scheduler = _scheduler_json(holder, running, now)
     if as_json:
-        print_json(rows)
+        print_json({"scheduler": scheduler, "phases": rows,
+                    "broken_files": [{"file_path": k, "error": v}
+                                     for k, v in loaded.broken.items()]})
         return ExitCode.OK
     table = Table("file", "task", "last", "task time", "ended", "next fire", "paused", box=None)
     for r in rows:
@@ -230,11 +242,44 @@ def status(config_path: str | None, as_json: bool) -> int:
             _colour(r["last_status"] or "-"),
             short_time(r["last_task_time"]),
             short_time(r["last_ended_at"]),
-            short_time(r["next_fire"]),
+            _next_fire_text(r["next_fire"], running, now),
             "yes" if r["paused"] else "",
         )
     out_console().print(table)
+    out_console().print(_scheduler_line(holder, running, now), highlight=False, markup=False)
+    print_broken(loaded.broken)
     return ExitCode.OK
+
+
+def _scheduler_json(holder: lease.Holder | None, running: bool, now: datetime) -> dict[str, Any]:
+    if holder is None:
+        return {"running": False}
+    return {
+        "running": running,
+        "host": holder.host,
+        "pid": holder.pid,
+        "since": iso(holder.since),
+        "heartbeat": iso(holder.heartbeat),
+        "heartbeat_age_seconds": round((now - holder.heartbeat).total_seconds(), 1),
+    }
+
+
+def _scheduler_line(holder: lease.Holder | None, running: bool, now: datetime) -> str:
+    """Who runs the schedule: the lease's holder and heartbeat age, or that nobody does."""
+    if holder is not None:
+        age = f"{max(0, round((now - holder.heartbeat).total_seconds()))}s ago"
+        who = f"pid {holder.pid} on {holder.host}, heartbeat {age}"
+        if running:
+            return f"scheduler: running ({who})"
+        return f"scheduler: not running (last: {who}); cron fires wait for `tomlflow run`"
+    return "scheduler: not running; cron fires wait for `tomlflow run`"
+
+
+def _next_fire_text(next_fire: str | None, running: bool, now: datetime) -> str:
+    # A fire time in the past means nobody is firing: say so instead of showing a stale time.
+    if next_fire is not None and not running and next_fire < iso(now):
+        return "no scheduler"
+    return short_time(next_fire)
 
 
 @click.command(name="history")
@@ -246,9 +291,12 @@ def status(config_path: str | None, as_json: bool) -> int:
 def history_cmd(
     task: str | None, status_filter: str | None, limit: int, config_path: str | None, as_json: bool
 ) -> int:
-    """Executions, newest first."""
-    with open_app(config_path) as app, app.db.read() as conn:
-        rows = history.list_executions(conn, task, status_filter, limit)
+    """Executions, newest first (exit 2 when TASK is neither a phase nor in the history)."""
+    with open_reader(config_path) as reader:
+        with reader.db.read() as conn:
+            rows = history.list_executions(conn, task, status_filter, limit)
+        if task and not rows and not _is_phase(task, read_workflows(reader.config).specs):
+            raise TaskNotFound(task)
     if as_json:
         print_json([r.as_dict() for r in rows])
         return ExitCode.OK
@@ -274,7 +322,7 @@ def history_cmd(
 @json_option
 def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
     """The output lines of one execution."""
-    with open_app(config_path) as app, app.db.read() as conn:
+    with open_reader(config_path) as reader, reader.db.read() as conn:
         execution = history.get_execution(conn, execution_id)
         if execution is None:
             raise TomlflowError(f"no execution with id {execution_id}")
@@ -300,6 +348,10 @@ def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
         style = "red" if x.stream == "stderr" else "dim" if x.stream == "system" else None
         console.print(x.line, style=style, highlight=False, markup=False)
     return ExitCode.OK
+
+
+def _is_phase(task: str, specs: list[PhaseSpec]) -> bool:
+    return any(task in (s.task, s.topic) for s in specs)
 
 
 def _next_fire(spec: PhaseSpec, state: history.PhaseState | None, default_tz: str) -> str | None:
