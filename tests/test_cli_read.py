@@ -226,3 +226,16 @@ def test_history_of_an_unknown_task_exits_2_naming_it(
     # a phase that never ran is not an error: its history is just empty
     assert main(["history", "hello", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_an_existing_database_opens_read_only_on_every_backend(db: Database) -> None:
+    # given a migrated database (SQLite here, PostgreSQL under .ci/postgres)
+    reader = open_existing(db.url)
+    try:
+        with reader.read() as conn:
+            assert conn.scalar(select(func.count()).select_from(executions)) == 0
+        # then the database itself refuses a write on this connection
+        with pytest.raises(StoreError, match="read-only|readonly"), reader.read() as conn:
+            conn.execute(executions.delete())
+    finally:
+        reader.close()
