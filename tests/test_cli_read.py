@@ -63,13 +63,16 @@ def test_writing_commands_still_create_it(site: Path) -> None:
 
 
 def test_status_reads_without_writing(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # given a database no refresh has filled, when status runs
-    database(site).close()
+    # given a database that holds the site's workflows, and a file added since
+    assert main(["refresh"]) == 0
+    (site / "workflows" / "new.toml").write_text(GOOD.replace("hello", "later"))
+    capsys.readouterr()
+    # when status runs, then it shows what the scheduler loaded and stored nothing new
     assert main(["status"]) == 0
-    # then it shows the phase from the file, and the database still holds no workflow rows
-    assert "hello" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "hello" in out and "later" not in out
     with database(site).read() as conn:
-        assert conn.scalar(select(func.count()).select_from(workflow_files)) == 0
+        assert conn.scalar(select(func.count()).select_from(workflow_files)) == 1
 
 
 def test_the_read_path_is_opened_read_only(site: Path) -> None:

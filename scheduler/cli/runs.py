@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from scheduler import planner, timing
 from scheduler.cli.common import (
     App,
     ExitCode,
@@ -33,13 +32,15 @@ from scheduler.cli.common import (
     short_time,
 )
 from scheduler.clock import SystemClock
-from scheduler.engine import Engine, TickReport
 from scheduler.errors import TaskNotFound, TomlflowError
-from scheduler.executor import LocalExecutor
 from scheduler.store import history, lease
 from scheduler.store.history import Status, Trigger
+from scheduler.store.workflows import PhaseRow, file_rows, phase_rows
 from scheduler.tasktime import iso
-from scheduler.validation import PhaseSpec
+
+if TYPE_CHECKING:  # the engine loads only for `run` (see scheduler.cli: fast to start)
+    from scheduler.engine import Engine, TickReport
+    from scheduler.validation import PhaseSpec
 
 _STATUS_COLOURS = {
     "complete": "green",
@@ -55,6 +56,9 @@ _STATUS_COLOURS = {
 
 @contextmanager
 def _engine(app: App) -> Iterator[Engine]:
+    from scheduler.engine import Engine
+    from scheduler.executor import LocalExecutor
+
     clock = SystemClock()
     executor = LocalExecutor(app.config.max_workers, clock.now)
     yield Engine(app.config, app.db, executor, clock)
@@ -148,6 +152,8 @@ def trigger(
     as_json: bool,
 ) -> int:
     """Queue one manual run of TASK (topic or topic:job); `run` executes it."""
+    from scheduler import planner
+
     task_time = option_time(at, "--at") or datetime.now(UTC)
     meta = _parse_meta(metas)
     with open_app(config_path) as app:
@@ -201,38 +207,37 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
 @config_option
 @json_option
 def status(config_path: str | None, as_json: bool) -> int:
-    """One line per phase: last result, when, and the next cron fire; then whether a
-    scheduler is running on the database, and each workflow file that does not load."""
-    with open_reader(config_path, with_workflows=True) as reader:
-        loaded = reader.workflows
-        assert loaded is not None
-        with reader.db.read() as conn:
-            latest = history.latest_by_phase(conn)
-            states = history.phase_states(conn)
-            holder = lease.current(conn)
+    """One line per phase, as the scheduler last loaded the workflow files: last result, when,
+    and the next cron fire; then whether a scheduler is running on the database, and each
+    workflow file that does not load. Reads only (see `refresh` to reload the files)."""
+    with open_reader(config_path) as reader, reader.db.read() as conn:
+        stored = phase_rows(conn)
+        broken = {key: row.error for key, row in file_rows(conn).items() if row.error}
+        latest = history.latest_by_phase(conn)
+        states = history.phase_states(conn)
+        holder = lease.current(conn)
     now = datetime.now(UTC)
     running = holder is not None and not holder.is_gone(now)
     rows: list[dict[str, Any]] = []
-    for spec in loaded.specs:
-        key = (spec.file_path, spec.task)
+    for phase in stored:
+        key = (phase.file_path, phase.task)
         last, state = latest.get(key), states.get(key)
         rows.append(
             {
-                "file_path": spec.file_path,
-                "task": spec.task,
-                "valid": spec.status or "ok",
+                "file_path": phase.file_path,
+                "task": phase.task,
+                "valid": phase.status or "ok",
                 "paused": bool(state and state.paused),
                 "last_status": last.status.value if last else None,
                 "last_task_time": iso(last.task_time) if last and last.task_time else None,
                 "last_ended_at": iso(last.ended_at) if last and last.ended_at else None,
-                "next_fire": _next_fire(spec, state, reader.config.timezone),
+                "next_fire": _next_fire(phase, state, reader.config.timezone, now),
             }
         )
     scheduler = _scheduler_json(holder, running, now)
     if as_json:
         print_json({"scheduler": scheduler, "phases": rows,
-                    "broken_files": [{"file_path": k, "error": v}
-                                     for k, v in loaded.broken.items()]})
+                    "broken_files": [{"file_path": k, "error": v} for k, v in broken.items()]})
         return ExitCode.OK
     table = Table("file", "task", "last", "task time", "ended", "next fire", "paused", box=None)
     for r in rows:
@@ -247,7 +252,7 @@ def status(config_path: str | None, as_json: bool) -> int:
         )
     out_console().print(table)
     out_console().print(_scheduler_line(holder, running, now), highlight=False, markup=False)
-    print_broken(loaded.broken)
+    print_broken(broken)
     return ExitCode.OK
 
 
@@ -354,14 +359,27 @@ def _is_phase(task: str, specs: list[PhaseSpec]) -> bool:
     return any(task in (s.task, s.topic) for s in specs)
 
 
-def _next_fire(spec: PhaseSpec, state: history.PhaseState | None, default_tz: str) -> str | None:
+def _next_fire(
+    phase: PhaseRow, state: history.PhaseState | None, default_tz: str, now: datetime
+) -> str | None:
     """The stored next fire; for a cron phase no scheduler has seen yet, the one from now."""
+    from zoneinfo import ZoneInfo
+
+    from scheduler import timing
+    from scheduler.errors import RuleError
+    from scheduler.rules import parse_rule
+
     if state is not None and state.next_fire is not None:
         return iso(state.next_fire)
-    if spec.runnable and spec.rule is not None and spec.rule.cron is not None:
-        zone = planner.zone_of(spec, default_tz)
-        return iso(timing.next_fire(spec.rule.cron, zone, datetime.now(UTC)))
-    return None
+    if phase.severity == "error":
+        return None
+    try:
+        rule = parse_rule(phase.rule)
+    except RuleError:
+        return None
+    if rule.cron is None:
+        return None
+    return iso(timing.next_fire(rule.cron, ZoneInfo(rule.tz or default_tz), now))
 
 
 def _colour(status_text: str, width: int = 0) -> str:
