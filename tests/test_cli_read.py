@@ -238,7 +238,7 @@ def test_an_existing_database_opens_read_only_on_every_backend(db: Database) -> 
         with reader.read() as conn:
             assert conn.scalar(select(func.count()).select_from(executions)) == 0
         # then the database itself refuses a write on this connection
-        with pytest.raises(StoreError, match="read-only|readonly"), reader.read() as conn:
+        with pytest.raises(StoreError, match=r"read-only|readonly"), reader.read() as conn:
             conn.execute(executions.delete())
     finally:
         reader.close()

@@ -35,6 +35,8 @@ COMMAND_TABLE: dict[str, Entry] = {
     "refresh": Entry("workflows", "refresh", "Reload changed workflow files into the database."),
     "phases": Entry("workflows", "phases", "List every phase with its rule and validation status."),
     "graph": Entry("workflows", "graph", "Draw the dependency graph (text, dot, mermaid)."),
+    "render": Entry("tryout", "render", "Show the command and environment a run of TASK gets."),
+    "test": Entry("tryout", "test_cmd", "Run TASK once in the foreground, recording nothing."),
     "run": Entry("runs", "run", "Run the scheduler (--once: one pass to the end)."),
     "trigger": Entry("runs", "trigger", "Queue one manual run of TASK."),
     "status": Entry("runs", "status", "One line per phase: last result, when, next fire."),

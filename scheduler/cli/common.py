@@ -194,7 +194,12 @@ def find_phase(app: App, task: str, file_path: str | None) -> PhaseSpec:
     Raises TaskNotFound, or UsageError when it is in several files and ``file_path`` is unset.
     """
     app.catalog.refresh()
-    specs = [s for s in app.catalog.phases() if file_path in (None, s.file_path)]
+    return match_phase(app.catalog.phases(), task, file_path)
+
+
+def match_phase(specs: list[PhaseSpec], task: str, file_path: str | None) -> PhaseSpec:
+    """The phase of ``specs`` named ``task``, as find_phase finds it (same errors)."""
+    specs = [s for s in specs if file_path in (None, s.file_path)]
     matches = [s for s in specs if s.task == task] or [
         s for s in specs if ":" not in task and s.topic == task
     ]
@@ -211,6 +216,17 @@ def runnable_phase(spec: PhaseSpec) -> PhaseSpec:
     if not spec.runnable:
         raise TomlflowError(f"{spec.file_path} [{spec.task}]: phase has errors: {spec.status}")
     return spec
+
+
+def parse_meta(items: tuple[str, ...]) -> dict[str, str]:
+    """``--meta KEY=VALUE`` options as a dict; a malformed one is a usage error."""
+    meta = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
+        meta[key] = value
+    return meta
 
 
 def option_time(text: str | None, option: str) -> datetime | None:

@@ -25,6 +25,7 @@ from scheduler.cli.common import (
     open_reader,
     option_time,
     out_console,
+    parse_meta,
     print_broken,
     print_json,
     read_workflows,
@@ -155,7 +156,7 @@ def trigger(
     from scheduler import planner
 
     task_time = option_time(at, "--at") or datetime.now(UTC)
-    meta = _parse_meta(metas)
+    meta = parse_meta(metas)
     with open_app(config_path) as app:
         spec = runnable_phase(find_phase(app, task, file_path))
         now = datetime.now(UTC)
@@ -191,16 +192,6 @@ def trigger(
             markup=False,
         )
     return ExitCode.OK
-
-
-def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
-    meta = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
-        meta[key] = value
-    return meta
 
 
 @click.command()
