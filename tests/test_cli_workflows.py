@@ -213,3 +213,18 @@ def test_help_is_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("init", "validate", "refresh", "phases", "graph"):
         assert command in out
+
+
+def test_init_config_points_to_docs_the_source_distribution_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a new project, then its config names the reference pages without a repository path
+    monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
+    assert main(["init", str(tmp_path / "new")]) == 0
+    config = (tmp_path / "new" / "tomlflow.toml").read_text()
+    assert "docs/WORKFLOWS.md" in config and "config.example.toml" in config
+    assert "tomlflow --help" in config
+    # and the source distribution carries both
+    manifest = (REPO / "MANIFEST.in").read_text().splitlines()
+    assert "include config.example.toml" in manifest
+    assert "recursive-include docs *.md" in manifest
