@@ -228,3 +228,24 @@ def test_init_config_points_to_docs_the_source_distribution_carries(
     manifest = (REPO / "MANIFEST.in").read_text().splitlines()
     assert "include config.example.toml" in manifest
     assert "recursive-include docs *.md" in manifest
+
+
+def test_init_json_lists_what_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
+    target = tmp_path / "new"
+    assert main(["init", str(target), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {
+        "created": [str(target / "tomlflow.toml"), str(target / "workflows" / "example.toml")],
+        "kept": [],
+        "database": str(target / "tomlflow.db"),
+    }
+
+
+def test_a_database_url_is_printed_without_its_password() -> None:
+    from scheduler.store.db import where
+
+    shown = where("postgresql+psycopg://etl:s3cret@db.example:5432/tomlflow")
+    assert "s3cret" not in shown and "etl:***@db.example" in shown

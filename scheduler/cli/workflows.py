@@ -26,26 +26,35 @@ from scheduler.validation import PhaseSpec, Severity
 @click.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 @config_option
-def init(directory: Path, config_path: str | None) -> int:
+@json_option
+def init(directory: Path, config_path: str | None, as_json: bool) -> int:
     """Create tomlflow.toml, a workflows/ folder with an example, and the database."""
-    console = out_console()
+    from scheduler.store.db import where
+
     directory.mkdir(parents=True, exist_ok=True)
     starters = resources.files("scheduler") / "starter"
-    created = []
+    created, kept = [], []
     for name, target in (
         ("tomlflow.toml", directory / "tomlflow.toml"),
         ("example.toml", directory / "workflows" / "example.toml"),
     ):
         if target.exists():
-            console.print(f"kept      {target}", highlight=False)
+            kept.append(str(target))
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text((starters / name).read_text(encoding="utf-8"), encoding="utf-8")
-        created.append(target)
-        console.print(f"created   {target}", highlight=False)
+        created.append(str(target))
     with open_app(config_path or str(directory / "tomlflow.toml")) as app:
         app.catalog.refresh()
-        console.print(f"database  {app.config.database}", highlight=False)
+        database = where(app.config.database)  # a password in the URL is never printed
+    if as_json:
+        print_json({"created": created, "kept": kept, "database": database})
+        return ExitCode.OK
+    console = out_console()
+    for label, paths in (("kept", kept), ("created", created)):
+        for path in paths:
+            console.print(f"{label:<9} {path}", highlight=False, markup=False)
+    console.print(f"database  {database}", highlight=False, markup=False)
     return ExitCode.OK
 
 

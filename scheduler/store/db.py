@@ -163,7 +163,7 @@ class NoDatabase(StoreError):
 
     def __init__(self, url: str) -> None:
         super().__init__(url, "no database")
-        self.args = (f"no database at {_where(url)}: run tomlflow init or tomlflow run first",)
+        self.args = (f"no database at {where(url)}: run tomlflow init or tomlflow run first",)
 
 
 def open_existing(url: str) -> Database:
@@ -183,7 +183,7 @@ def open_existing(url: str) -> Database:
         db.close()
         if current == 0:
             raise NoDatabase(url)
-        raise StoreError(_where(url), _schema_mismatch(current))
+        raise StoreError(where(url), _schema_mismatch(current))
     return db
 
 
@@ -208,8 +208,9 @@ def _sqlite_path(url: str) -> str | None:
     return "" if parsed.database in (None, ":memory:") else parsed.database
 
 
-def _where(url: str) -> str:
-    """A SQLite URL's file, else the URL with its password hidden."""
+def where(url: str) -> str:
+    """Where a database is, fit to print: a SQLite URL's file, else the URL with its password
+    hidden."""
     path = _sqlite_path(url)
     if path:
         return path
