@@ -178,11 +178,18 @@ def retry(execution_id: int, downstream: bool, config_path: str | None, as_json:
     return ExitCode.OK
 
 
-def _set_paused(task: str, file_path: str | None, config_path: str | None, paused: bool) -> int:
+def _set_paused(
+    task: str, file_path: str | None, config_path: str | None, paused: bool, as_json: bool
+) -> int:
     with open_app(config_path) as app:
         spec = find_phase(app, task, file_path)
         with app.db.write() as conn:
             changed = reruns.set_paused(conn, spec.file_path, spec.task, paused, datetime.now(UTC))
+    if as_json:
+        print_json(
+            {"file_path": spec.file_path, "task": spec.task, "paused": paused, "changed": changed}
+        )
+        return ExitCode.OK
     word = "paused" if paused else "resumed"
     state = word if changed else f"already {word}"
     note = ""
@@ -198,18 +205,20 @@ def _set_paused(task: str, file_path: str | None, config_path: str | None, pause
 @click.argument("task")
 @file_option
 @config_option
-def pause(task: str, file_path: str | None, config_path: str | None) -> int:
+@json_option
+def pause(task: str, file_path: str | None, config_path: str | None, as_json: bool) -> int:
     """Stop TASK's cron fires until `resume` (trigger, backfill and retry still run it)."""
-    return _set_paused(task, file_path, config_path, True)
+    return _set_paused(task, file_path, config_path, True, as_json)
 
 
 @click.command()
 @click.argument("task")
 @file_option
 @config_option
-def resume(task: str, file_path: str | None, config_path: str | None) -> int:
+@json_option
+def resume(task: str, file_path: str | None, config_path: str | None, as_json: bool) -> int:
     """Let TASK's cron fire again; times missed while paused follow its catchup policy."""
-    return _set_paused(task, file_path, config_path, False)
+    return _set_paused(task, file_path, config_path, False, as_json)
 
 
 # -- prune ----------------------------------------------------------------------------------------

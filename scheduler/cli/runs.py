@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from scheduler import planner, timing
 from scheduler.cli.common import (
     App,
     ExitCode,
@@ -23,20 +22,26 @@ from scheduler.cli.common import (
     find_phase,
     json_option,
     open_app,
+    open_reader,
     option_time,
     out_console,
+    parse_meta,
+    print_broken,
     print_json,
+    read_workflows,
     runnable_phase,
     short_time,
 )
 from scheduler.clock import SystemClock
-from scheduler.engine import Engine, TickReport
-from scheduler.errors import TomlflowError
-from scheduler.executor import LocalExecutor
-from scheduler.store import history
+from scheduler.errors import TaskNotFound, TomlflowError
+from scheduler.store import history, lease
 from scheduler.store.history import Status, Trigger
+from scheduler.store.workflows import PhaseRow, file_rows, phase_rows
 from scheduler.tasktime import iso
-from scheduler.validation import PhaseSpec
+
+if TYPE_CHECKING:  # the engine loads only for `run` (see scheduler.cli: fast to start)
+    from scheduler.engine import Engine, TickReport
+    from scheduler.validation import PhaseSpec
 
 _STATUS_COLOURS = {
     "complete": "green",
@@ -52,6 +57,9 @@ _STATUS_COLOURS = {
 
 @contextmanager
 def _engine(app: App) -> Iterator[Engine]:
+    from scheduler.engine import Engine
+    from scheduler.executor import LocalExecutor
+
     clock = SystemClock()
     executor = LocalExecutor(app.config.max_workers, clock.now)
     yield Engine(app.config, app.db, executor, clock)
@@ -145,8 +153,10 @@ def trigger(
     as_json: bool,
 ) -> int:
     """Queue one manual run of TASK (topic or topic:job); `run` executes it."""
+    from scheduler import planner
+
     task_time = option_time(at, "--at") or datetime.now(UTC)
-    meta = _parse_meta(metas)
+    meta = parse_meta(metas)
     with open_app(config_path) as app:
         spec = runnable_phase(find_phase(app, task, file_path))
         now = datetime.now(UTC)
@@ -159,68 +169,66 @@ def trigger(
             app.config.workflow_root,
         )
         with app.db.write() as conn:
-            history.insert_executions(conn, rows, now)
+            ids = history.insert_returning_ids(conn, rows, now)
+    queued = [
+        {
+            "id": execution_id,
+            "task": r.task,
+            "task_time": iso(r.task_time) if r.task_time else None,
+            "info": r.info,
+            "task_id": r.task_id,
+        }
+        for execution_id, r in zip(ids, rows, strict=True)
+    ]
     if as_json:
-        print_json(
-            [
-                {
-                    "task": r.task,
-                    "task_time": iso(r.task_time) if r.task_time else None,
-                    "info": r.info,
-                    "task_id": r.task_id,
-                }
-                for r in rows
-            ]
+        # "id" is the execution queued; a batch rule queues several, all in "ids".
+        print_json({"id": ids[0] if ids else None, "ids": ids, "executions": queued})
+        return ExitCode.OK
+    for item in queued:
+        out_console().print(
+            f"queued execution {item['id']}: {item['task']} for {item['task_time'] or '-'}: "
+            f"{item['info']}",
+            highlight=False,
+            markup=False,
         )
-    else:
-        for row in rows:
-            out_console().print(
-                f"queued {row.task} for {iso(row.task_time) if row.task_time else '-'}: {row.info}",
-                highlight=False,
-                markup=False,
-            )
     return ExitCode.OK
-
-
-def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
-    meta = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
-        meta[key] = value
-    return meta
 
 
 @click.command()
 @config_option
 @json_option
 def status(config_path: str | None, as_json: bool) -> int:
-    """One line per phase: last result, when, and the next cron fire."""
-    with open_app(config_path) as app:
-        app.catalog.refresh()
-        specs = app.catalog.phases()
-        with app.db.read() as conn:
-            latest = history.latest_by_phase(conn)
-            states = history.phase_states(conn)
+    """One line per phase, as the scheduler last loaded the workflow files: last result, when,
+    and the next cron fire; then whether a scheduler is running on the database, and each
+    workflow file that does not load. Reads only (see `refresh` to reload the files)."""
+    with open_reader(config_path) as reader, reader.db.read() as conn:
+        stored = phase_rows(conn)
+        broken = {key: row.error for key, row in file_rows(conn).items() if row.error}
+        latest = history.latest_by_phase(conn)
+        states = history.phase_states(conn)
+        holder = lease.current(conn)
+    now = datetime.now(UTC)
+    running = holder is not None and not holder.is_gone(now)
     rows: list[dict[str, Any]] = []
-    for spec in specs:
-        key = (spec.file_path, spec.task)
+    for phase in stored:
+        key = (phase.file_path, phase.task)
         last, state = latest.get(key), states.get(key)
         rows.append(
             {
-                "file_path": spec.file_path,
-                "task": spec.task,
-                "valid": spec.status or "ok",
+                "file_path": phase.file_path,
+                "task": phase.task,
+                "valid": phase.status or "ok",
                 "paused": bool(state and state.paused),
                 "last_status": last.status.value if last else None,
                 "last_task_time": iso(last.task_time) if last and last.task_time else None,
                 "last_ended_at": iso(last.ended_at) if last and last.ended_at else None,
-                "next_fire": _next_fire(spec, state, app.config.timezone),
+                "next_fire": _next_fire(phase, state, reader.config.timezone, now),
             }
         )
+    scheduler = _scheduler_json(holder, running, now)
     if as_json:
-        print_json(rows)
+        print_json({"scheduler": scheduler, "phases": rows,
+                    "broken_files": [{"file_path": k, "error": v} for k, v in broken.items()]})
         return ExitCode.OK
     table = Table("file", "task", "last", "task time", "ended", "next fire", "paused", box=None)
     for r in rows:
@@ -230,11 +238,44 @@ def status(config_path: str | None, as_json: bool) -> int:
             _colour(r["last_status"] or "-"),
             short_time(r["last_task_time"]),
             short_time(r["last_ended_at"]),
-            short_time(r["next_fire"]),
+            _next_fire_text(r["next_fire"], running, now),
             "yes" if r["paused"] else "",
         )
     out_console().print(table)
+    out_console().print(_scheduler_line(holder, running, now), highlight=False, markup=False)
+    print_broken(broken)
     return ExitCode.OK
+
+
+def _scheduler_json(holder: lease.Holder | None, running: bool, now: datetime) -> dict[str, Any]:
+    if holder is None:
+        return {"running": False}
+    return {
+        "running": running,
+        "host": holder.host,
+        "pid": holder.pid,
+        "since": iso(holder.since),
+        "heartbeat": iso(holder.heartbeat),
+        "heartbeat_age_seconds": round((now - holder.heartbeat).total_seconds(), 1),
+    }
+
+
+def _scheduler_line(holder: lease.Holder | None, running: bool, now: datetime) -> str:
+    """Who runs the schedule: the lease's holder and heartbeat age, or that nobody does."""
+    if holder is not None:
+        age = f"{max(0, round((now - holder.heartbeat).total_seconds()))}s ago"
+        who = f"pid {holder.pid} on {holder.host}, heartbeat {age}"
+        if running:
+            return f"scheduler: running ({who})"
+        return f"scheduler: not running (last: {who}); cron fires wait for `tomlflow run`"
+    return "scheduler: not running; cron fires wait for `tomlflow run`"
+
+
+def _next_fire_text(next_fire: str | None, running: bool, now: datetime) -> str:
+    # A fire time in the past means nobody is firing: say so instead of showing a stale time.
+    if next_fire is not None and not running and next_fire < iso(now):
+        return "no scheduler"
+    return short_time(next_fire)
 
 
 @click.command(name="history")
@@ -246,9 +287,12 @@ def status(config_path: str | None, as_json: bool) -> int:
 def history_cmd(
     task: str | None, status_filter: str | None, limit: int, config_path: str | None, as_json: bool
 ) -> int:
-    """Executions, newest first."""
-    with open_app(config_path) as app, app.db.read() as conn:
-        rows = history.list_executions(conn, task, status_filter, limit)
+    """Executions, newest first (exit 2 when TASK is neither a phase nor in the history)."""
+    with open_reader(config_path) as reader:
+        with reader.db.read() as conn:
+            rows = history.list_executions(conn, task, status_filter, limit)
+        if task and not rows and not _is_phase(task, read_workflows(reader.config).specs):
+            raise TaskNotFound(task)
     if as_json:
         print_json([r.as_dict() for r in rows])
         return ExitCode.OK
@@ -274,7 +318,7 @@ def history_cmd(
 @json_option
 def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
     """The output lines of one execution."""
-    with open_app(config_path) as app, app.db.read() as conn:
+    with open_reader(config_path) as reader, reader.db.read() as conn:
         execution = history.get_execution(conn, execution_id)
         if execution is None:
             raise TomlflowError(f"no execution with id {execution_id}")
@@ -302,14 +346,31 @@ def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
     return ExitCode.OK
 
 
-def _next_fire(spec: PhaseSpec, state: history.PhaseState | None, default_tz: str) -> str | None:
+def _is_phase(task: str, specs: list[PhaseSpec]) -> bool:
+    return any(task in (s.task, s.topic) for s in specs)
+
+
+def _next_fire(
+    phase: PhaseRow, state: history.PhaseState | None, default_tz: str, now: datetime
+) -> str | None:
     """The stored next fire; for a cron phase no scheduler has seen yet, the one from now."""
+    from zoneinfo import ZoneInfo
+
+    from scheduler import timing
+    from scheduler.errors import RuleError
+    from scheduler.rules import parse_rule
+
     if state is not None and state.next_fire is not None:
         return iso(state.next_fire)
-    if spec.runnable and spec.rule is not None and spec.rule.cron is not None:
-        zone = planner.zone_of(spec, default_tz)
-        return iso(timing.next_fire(spec.rule.cron, zone, datetime.now(UTC)))
-    return None
+    if phase.severity == "error":
+        return None
+    try:
+        rule = parse_rule(phase.rule)
+    except RuleError:
+        return None
+    if rule.cron is None:
+        return None
+    return iso(timing.next_fire(rule.cron, ZoneInfo(rule.tz or default_tz), now))
 
 
 def _colour(status_text: str, width: int = 0) -> str:
