@@ -128,7 +128,9 @@ def test_refresh_exits_1_every_time_while_a_file_is_broken(
 def test_refresh_exits_1_while_a_phase_has_an_error(
     site: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (site / "workflows" / "lost.toml").write_text('[[phase]]\ntask = "x"\ndepends_on = "nobody"\n')
+    (site / "workflows" / "lost.toml").write_text(
+        '[[phase]]\ntask = "x"\ndepends_on = "nobody"\ntemplate = "echo"\n'
+    )
     assert main(["refresh"]) == 1
     assert main(["refresh"]) == 1
     assert "lost.toml [x]: parent task not found: nobody" in capsys.readouterr().out

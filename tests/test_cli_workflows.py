@@ -91,7 +91,9 @@ def test_refresh_prints_changed_keys(project: Path, capsys: pytest.CaptureFixtur
     assert main(["refresh"]) == 0
     assert capsys.readouterr().out.strip() == "no changes"
     # one added, one removed
-    (project / "workflows" / "new.toml").write_text('[[phase]]\ntask = "n"\nrule = "cron=@daily"\n')
+    (project / "workflows" / "new.toml").write_text(
+        '[[phase]]\ntask = "n"\nrule = "cron=@daily"\ntemplate = "true"\n'
+    )
     (project / "workflows" / "orders.toml").unlink()
     assert main(["refresh", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
