@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scheduler import planner, timing
+from scheduler.cli import logview
 from scheduler.cli.common import (
     App,
     ExitCode,
@@ -31,10 +32,10 @@ from scheduler.cli.common import (
 )
 from scheduler.clock import SystemClock
 from scheduler.engine import Engine, TickReport
-from scheduler.errors import TomlflowError
 from scheduler.executor import LocalExecutor
 from scheduler.store import history
 from scheduler.store.history import Status, Trigger
+from scheduler.store.search import SearchQuery
 from scheduler.tasktime import iso
 from scheduler.validation import PhaseSpec
 
@@ -269,37 +270,46 @@ def history_cmd(
 
 
 @click.command()
-@click.argument("execution_id", type=int)
+@click.argument("target", required=False, metavar="ID|TASK")
+@click.option("--follow", "-f", is_flag=True, help="Print new lines as they arrive, to the end.")
+@click.option("--tail", type=click.IntRange(1), metavar="N", help="Only the last N lines.")
+@click.option("--search", "words", metavar="TEXT", help="Search all stored output for words.")
+@click.option("--since", metavar="TIME", help="--search: lines from TIME (or a duration ago).")
+@click.option("--until", metavar="TIME", help="--search: lines before TIME.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
 @config_option
 @json_option
-def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
-    """The output lines of one execution."""
-    with open_app(config_path) as app, app.db.read() as conn:
-        execution = history.get_execution(conn, execution_id)
-        if execution is None:
-            raise TomlflowError(f"no execution with id {execution_id}")
-        lines = history.execution_logs_of(conn, execution_id)
-    if as_json:
-        print_json(
-            {
-                "execution": execution.as_dict(),
-                "logs": [
-                    {"seq": x.seq, "ts": iso(x.ts), "stream": x.stream, "line": x.line}
-                    for x in lines
-                ],
-            }
+def logs(
+    target: str | None,
+    follow: bool,
+    tail: int | None,
+    words: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    config_path: str | None,
+    as_json: bool,
+) -> int:
+    """The output lines of execution ID; with --search, matching lines of all (or TASK's) runs.
+
+    --follow exits when the execution ends: 0 when it completed, 1 otherwise.
+    """
+    if words is not None:
+        now = datetime.now(UTC)
+        query = SearchQuery(
+            words,
+            target,
+            logview.since_option(since, "--since", now),
+            logview.since_option(until, "--until", now),
+            limit,
         )
+        with open_app(config_path) as app:
+            logview.run_search(app.db, query, as_json)
         return ExitCode.OK
-    console = out_console()
-    console.print(
-        f"# {execution.task} attempt {execution.attempt}: {execution.status.value} {execution.msg}",
-        highlight=False,
-        markup=False,
-    )
-    for x in lines:
-        style = "red" if x.stream == "stderr" else "dim" if x.stream == "system" else None
-        console.print(x.line, style=style, highlight=False, markup=False)
-    return ExitCode.OK
+    if target is None or not target.isdigit():
+        raise click.UsageError("give an execution ID (or --search TEXT)")
+    with open_app(config_path) as app:
+        return logview.show(app.db, int(target), follow, tail, as_json)
 
 
 def _next_fire(spec: PhaseSpec, state: history.PhaseState | None, default_tz: str) -> str | None:

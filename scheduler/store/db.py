@@ -84,6 +84,13 @@ def _file_reports_v6(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _log_search_v8(conn: Connection) -> None:
+    """The full-text index of execution_logs (store/search.py), filled from the stored lines."""
+    from scheduler.store import search
+
+    search.create_index(conn)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -92,6 +99,8 @@ MIGRATIONS: list[Migration] = [
     _lease_and_alert_index_v4,
     _phase_stats_v5,
     _file_reports_v6,
+    # Steps 8 and 9 (another branch adds step 7 before them at merge).
+    _log_search_v8,
 ]
 
 
