@@ -1,7 +1,8 @@
-"""Day-two commands: backfill, retry, pause, resume, prune."""
+"""Day-two commands: backfill, retry, pause, resume, mark, prune."""
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,8 +12,10 @@ import click
 
 from scheduler import backfill as backfills
 from scheduler.cli.common import (
+    App,
     ExitCode,
     config_option,
+    err_console,
     file_option,
     find_phase,
     json_option,
@@ -24,9 +27,10 @@ from scheduler.cli.common import (
 )
 from scheduler.durations import parse_duration
 from scheduler.errors import DurationError, TomlflowError
+from scheduler.followup import after_end
 from scheduler.rules import BatchBy
 from scheduler.store import history, reruns, retention
-from scheduler.store.history import NewExecution
+from scheduler.store.history import Execution, NewExecution, Status
 from scheduler.tasktime import iso
 from scheduler.validation import PhaseSpec
 
@@ -212,6 +216,70 @@ def resume(task: str, file_path: str | None, config_path: str | None) -> int:
     return _set_paused(task, file_path, config_path, False)
 
 
+# -- mark ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("execution_id", type=int)
+@click.argument("result", type=click.Choice(["complete", "error"]))
+@click.option("--msg", default="", help="Why; stored after who marked it.")
+@config_option
+@json_option
+def mark(execution_id: int, result: str, msg: str, config_path: str | None, as_json: bool) -> int:
+    """Set a finished (or stuck) execution's result by hand, as Airflow's mark success/failed.
+
+    complete releases its children as a real completion would; error queues no retry. The
+    execution's msg says who marked it (visible in `history`).
+    """
+    status, now = Status(result), datetime.now(UTC)
+    note = f"marked {result} by {getpass.getuser()}" + (f": {msg}" if msg else "")
+    with open_app(config_path) as app:
+        release = _releaser(app, execution_id, now)
+        try:
+            with app.db.write() as conn:
+                marked = reruns.mark(conn, execution_id, status, note, now, release)
+        except reruns.MarkRefused as exc:
+            err_console().print(f"error: {exc}", markup=False, highlight=False)
+            return ExitCode.FAILED
+    if as_json:
+        print_json(
+            {
+                "execution_id": execution_id,
+                "status": result,
+                "was": marked.before.status.value,
+                "changed": marked.changed,
+                "released": marked.released,
+                "msg": note if marked.changed else marked.before.msg,
+            }
+        )
+        return ExitCode.OK
+    text = f"execution {execution_id} ({marked.before.task}): already {result}"
+    if marked.changed:
+        text = f"execution {execution_id} ({marked.before.task}): {note}"
+        text += f"; released {marked.released} child runs" if marked.released else ""
+    out_console().print(text, highlight=False, markup=False)
+    return ExitCode.OK
+
+
+def _releaser(app: App, execution_id: int, now: datetime) -> reruns.Release:
+    """What a completion of the execution releases, decided as the engine decides it. The
+    phases are read here, before the mark's write transaction, which then only inserts."""
+    app.catalog.refresh()
+    with app.db.read() as conn:
+        execution = history.get_execution(conn, execution_id)
+    if execution is None:
+        raise TomlflowError(f"no execution with id {execution_id}")
+    spec = app.catalog.get(execution.task, execution.file_path)
+    children = app.catalog.children(execution.file_path, execution.task) if spec else []
+    workflows = app.config.workflow_root
+
+    def release(current: Execution) -> list[NewExecution]:
+        follow = after_end(current, Status.COMPLETE, "", {}, spec, children, now, 0.0, workflows)
+        return follow.rows
+
+    return release
+
+
 # -- prune ----------------------------------------------------------------------------------------
 
 
@@ -256,4 +324,4 @@ def _age(text: str) -> timedelta:
     return age
 
 
-COMMANDS = [backfill, retry, pause, resume, prune]
+COMMANDS = [backfill, retry, pause, resume, mark, prune]
