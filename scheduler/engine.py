@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from scheduler import dispatcher, filetrigger, notify, planner
+from scheduler import dispatcher, filetrigger, notify, planner, sla
 from scheduler import graph as dag
 from scheduler.catalog import Catalog
 from scheduler.clock import Clock
@@ -128,6 +128,7 @@ class Engine:
         self.notifier = notify.AlertThread(notify.Notifier(db, config.alerts))
         self.watcher: FolderWatcher | None = None  # seeded from the database at its first poll
         self._next_watch: datetime | None = None
+        self.deadlines = sla.DeadlineCheck(db, config.timezone)  # rule key sla
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class Engine:
         for launch in launches:
             self.executor.submit(launch)
         report.started = len(launches)
+        self.deadlines.poll(now, lambda: list(snapshot.specs.values()))  # sla.py; own transaction
         self.notifier.poll(now)  # hands due alerts to the alert thread; returns at once
         return report
 

@@ -91,6 +91,14 @@ def _log_search_v8(conn: Connection) -> None:
     search.create_index(conn)
 
 
+def _deadlines_v9(conn: Connection) -> None:
+    """Deadlines (rule key sla): how far each phase was checked, and a unique key that keeps
+    one missed-deadline alert per phase and task time (store/deadlines.py)."""
+    from scheduler.store import deadlines
+
+    deadlines.create(conn)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -101,6 +109,7 @@ MIGRATIONS: list[Migration] = [
     _file_reports_v6,
     # Steps 8 and 9 (another branch adds step 7 before them at merge).
     _log_search_v8,
+    _deadlines_v9,
 ]
 
 
