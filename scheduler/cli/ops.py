@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from scheduler import backfill as backfills
+from scheduler.cli import confirm
 from scheduler.cli.common import (
     App,
     ExitCode,
@@ -33,6 +34,8 @@ from scheduler.store import history, reruns, retention
 from scheduler.store.history import Execution, NewExecution, Status
 from scheduler.tasktime import iso
 from scheduler.validation import PhaseSpec
+
+QUEUE_CHUNK = 1000  # backfill rows per write transaction
 
 
 def _by(_ctx: click.Context, _param: click.Parameter, value: str | None) -> BatchBy | None:
@@ -62,6 +65,7 @@ def _by(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Batc
     help="JSON-lines file, one task per line per time.",
 )
 @click.option("--execute", is_flag=True, help="Queue the tasks (default: only show them).")
+@confirm.yes_option
 @file_option
 @config_option
 @json_option
@@ -74,11 +78,15 @@ def backfill(
     metas: tuple[str, ...],
     meta_file: Path | None,
     execute: bool,
+    yes: bool,
     file_path: str | None,
     config_path: str | None,
     as_json: bool,
 ) -> int:
-    """Show (or with --execute queue) TASK's runs over a range of task times."""
+    """Show (or with --execute queue) TASK's runs over a range of task times.
+
+    On a terminal, queueing more than 1,000 runs asks first (--yes does not ask).
+    """
     when = (option_time(start, "--from"), option_time(end, "--to"), option_time(at, "--at"))
     now = datetime.now(UTC)
     low, high = backfills.time_range(*when, now)
@@ -91,11 +99,27 @@ def backfill(
             planned = backfills.plan(spec, low, high, step, rows, now)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        if execute and not confirm.go_ahead(
+            f"queue {len(planned):,} runs of {spec.task}", len(planned), yes
+        ):
+            out_console().print("nothing queued", highlight=False)
+            return ExitCode.FAILED
         if execute:
-            with app.db.write() as conn:
-                history.insert_executions(conn, planned, now)
+            _queue(app, planned, now)
     _report_backfill(spec, step, planned, execute, as_json)
     return ExitCode.OK
+
+
+def _queue(app: App, planned: list[NewExecution], now: datetime) -> None:
+    """Insert in chunks, each its own short transaction, so that a running scheduler is never
+    kept waiting long and the progress bar moves. An interrupted backfill keeps the chunks it
+    queued (`history --status queued` shows them)."""
+    with confirm.progress("queueing", len(planned)) as advance:
+        for start in range(0, len(planned), QUEUE_CHUNK):
+            chunk = planned[start : start + QUEUE_CHUNK]
+            with app.db.write() as conn:
+                history.insert_executions(conn, chunk, now)
+            advance(len(chunk))
 
 
 def _report_backfill(
@@ -287,21 +311,29 @@ def _releaser(app: App, execution_id: int, now: datetime) -> reruns.Release:
 @click.option("--older-than", "older_than", metavar="DURATION", help="e.g. 90d (default: config).")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.option("--batch", default=retention.DEFAULT_BATCH, show_default=True, type=click.IntRange(1))
+@confirm.yes_option
 @config_option
 @json_option
 def prune(
-    older_than: str | None, dry_run: bool, batch: int, config_path: str | None, as_json: bool
+    older_than: str | None,
+    dry_run: bool,
+    batch: int,
+    yes: bool,
+    config_path: str | None,
+    as_json: bool,
 ) -> int:
     """Delete executions that ended long ago, with their logs and alerts, and old file reports
-    (never workflows)."""
+    (never workflows). On a terminal, deleting more than 1,000 rows asks first (--yes does
+    not ask)."""
     with open_app(config_path) as app:
         age = _age(older_than) if older_than else app.config.retention
         if age is None:
             raise click.UsageError("give --older-than (e.g. 90d) or set [retention] executions")
         cutoff = datetime.now(UTC) - age
-        counts = (
-            retention.count(app.db, cutoff) if dry_run else retention.prune(app.db, cutoff, batch)
-        )
+        counts = retention.count(app.db, cutoff) if dry_run else _prune(app, cutoff, batch, yes)
+        if counts is None:
+            out_console().print("nothing deleted", highlight=False)
+            return ExitCode.FAILED
     if as_json:
         print_json({"dry_run": dry_run, "cutoff": iso(cutoff), **asdict(counts)})
         return ExitCode.OK
@@ -312,6 +344,18 @@ def prune(
         highlight=False,
     )
     return ExitCode.OK
+
+
+def _prune(app: App, cutoff: datetime, batch: int, yes: bool) -> retention.PruneCounts | None:
+    """Prune with a progress bar, after asking on a terminal when it is large; None when the
+    person declined. Rows are counted first only when someone may be asked or shown a bar."""
+    total = None
+    if confirm.is_terminal():
+        total = retention.count(app.db, cutoff).total
+        if not confirm.go_ahead(f"delete {total:,} rows (before {iso(cutoff)})", total, yes):
+            return None
+    with confirm.progress("deleting", total) as advance:
+        return retention.prune(app.db, cutoff, batch, advance)
 
 
 def _age(text: str) -> timedelta:
