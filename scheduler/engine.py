@@ -37,7 +37,7 @@ from scheduler.errors import TomlflowError
 from scheduler.executor import Executor, Launch, Outcome, Result, kill_orphan
 from scheduler.followup import FollowUp, after_end, resume_row
 from scheduler.retry import draw_jitter
-from scheduler.store import file_reports, history, lease, retention, watched
+from scheduler.store import backup, file_reports, history, lease, retention, watched
 from scheduler.store.db import Database
 from scheduler.store.file_reports import FileReport, Source
 from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
@@ -129,6 +129,7 @@ class Engine:
         self.watcher: FolderWatcher | None = None  # seeded from the database at its first poll
         self._next_watch: datetime | None = None
         self.deadlines = sla.DeadlineCheck(db, config.timezone)  # rule key sla
+        self.backups = backup.PeriodicBackup(db, config.backup, config.backup_every)
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -510,6 +511,7 @@ class Engine:
                 if on_tick is not None:
                     on_tick(report)
                 self._prune_if_due(self.clock.now())
+                self.backups.poll(self.clock.now())  # [scheduler] backup, on its own thread
                 self.wait(self.next_wakeup(self.clock.now()))
         finally:
             self.shutdown()

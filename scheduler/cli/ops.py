@@ -1,4 +1,4 @@
-"""Day-two commands: backfill, retry, pause, resume, mark, prune."""
+"""Day-two commands: backfill, retry, pause, resume, mark, prune, backup."""
 
 from __future__ import annotations
 
@@ -26,11 +26,14 @@ from scheduler.cli.common import (
     print_json,
     runnable_phase,
 )
+from scheduler.config import load_config
 from scheduler.durations import parse_duration
 from scheduler.errors import DurationError, TomlflowError
 from scheduler.followup import after_end
 from scheduler.rules import BatchBy
+from scheduler.store import backup as backups
 from scheduler.store import history, reruns, retention
+from scheduler.store.db import Database
 from scheduler.store.history import Execution, NewExecution, Status
 from scheduler.tasktime import iso
 from scheduler.validation import PhaseSpec
@@ -358,6 +361,39 @@ def _prune(app: App, cutoff: datetime, batch: int, yes: bool) -> retention.Prune
         return retention.prune(app.db, cutoff, batch, advance)
 
 
+# -- backup --------------------------------------------------------------------------------------
+
+
+@click.command(name="backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@config_option
+@json_option
+def backup_cmd(path: Path, config_path: str | None, as_json: bool) -> int:
+    """Copy the SQLite database to PATH, consistent while the scheduler runs, verified with
+    quick_check, and atomic (PATH holds the old copy or the new one). PostgreSQL: use pg_dump."""
+    config = load_config(config_path)
+    db = Database(config.database, migrate=False)
+    try:
+        source = backups.sqlite_file(db)
+        if not source.is_file():
+            raise TomlflowError(f"no database at {source}: nothing to back up")
+        if path.absolute() == source.absolute():
+            raise click.BadParameter("is the database itself", param_hint="PATH")
+        result = backups.backup(db, path)
+    finally:
+        db.close()
+    if as_json:
+        print_json({"path": str(result.path), "bytes": result.bytes, "quick_check": "ok"})
+        return ExitCode.OK
+    out_console().print(
+        f"backed up {source} to {result.path} ({result.bytes:,} bytes, quick_check ok, "
+        f"{result.seconds:.1f} s)",
+        highlight=False,
+        markup=False,
+    )
+    return ExitCode.OK
+
+
 def _age(text: str) -> timedelta:
     try:
         age = parse_duration(text)
@@ -368,4 +404,4 @@ def _age(text: str) -> timedelta:
     return age
 
 
-COMMANDS = [backfill, retry, pause, resume, mark, prune]
+COMMANDS = [backfill, retry, pause, resume, mark, prune, backup_cmd]
