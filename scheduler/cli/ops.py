@@ -1,4 +1,4 @@
-"""Day-two commands: backfill, retry, pause, resume, mark, prune, backup."""
+"""Day-two commands: backfill, retry, pause, resume, mark, prune, backup, doctor."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from scheduler import backfill as backfills
+from scheduler import doctor as doctors
 from scheduler.cli import confirm
 from scheduler.cli.common import (
     App,
@@ -27,6 +29,7 @@ from scheduler.cli.common import (
     runnable_phase,
 )
 from scheduler.config import load_config
+from scheduler.doctor import Level
 from scheduler.durations import parse_duration
 from scheduler.errors import DurationError, TomlflowError
 from scheduler.followup import after_end
@@ -394,6 +397,37 @@ def backup_cmd(path: Path, config_path: str | None, as_json: bool) -> int:
     return ExitCode.OK
 
 
+# -- doctor --------------------------------------------------------------------------------------
+
+_LEVEL_STYLE = {Level.OK: "green", Level.WARN: "yellow", Level.FAIL: "red"}
+
+
+@click.command()
+@config_option
+@json_option
+def doctor(config_path: str | None, as_json: bool) -> int:
+    """One screen of health: database, schema, integrity, WAL, tables, scheduler lease,
+    workflow errors, disk, queue. Exits 1 when something needs action (each says what)."""
+    report = doctors.examine(load_config(config_path), datetime.now(UTC))
+    if as_json:
+        print_json(report.as_dict())
+        return ExitCode.FAILED if report.needs_action else ExitCode.OK
+    console = out_console()
+    for f in report.findings:
+        line = Text(f"{f.level.value:<5} ", style=_LEVEL_STYLE[f.level])
+        line.append(f"{f.check:<14} {f.detail}")
+        if f.action:
+            line.append(f" → {f.action}", style="bold")
+        console.print(line, highlight=False)
+    if report.tables:
+        sizes = ", ".join(
+            f"{t.name} {t.rows:,}" + (f" ({doctors.human(t.bytes)})" if t.bytes else "")
+            for t in report.tables
+        )
+        console.print(Text(f"{'info':<5} {'tables':<14} {sizes}"), highlight=False)
+    return ExitCode.FAILED if report.needs_action else ExitCode.OK
+
+
 def _age(text: str) -> timedelta:
     try:
         age = parse_duration(text)
@@ -404,4 +438,4 @@ def _age(text: str) -> timedelta:
     return age
 
 
-COMMANDS = [backfill, retry, pause, resume, mark, prune, backup_cmd]
+COMMANDS = [backfill, retry, pause, resume, mark, prune, backup_cmd, doctor]
