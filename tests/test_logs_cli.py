@@ -123,6 +123,7 @@ def test_logs_of_an_unknown_id_is_bad_input(db: Database) -> None:
 def test_logs_without_id_or_search_is_a_usage_error(db: Database) -> None:
     assert cli("logs") == 2
     assert cli("logs", "etl:load") == 2
+    assert cli("logs", "1", "--since", "2h") == 2
 
 
 def test_search_prints_id_task_task_time_timestamp_and_line(

@@ -306,6 +306,8 @@ def logs(
         with open_app(config_path) as app:
             logview.run_search(app.db, query, as_json)
         return ExitCode.OK
+    if since is not None or until is not None:
+        raise click.UsageError("--since and --until go with --search")
     if target is None or not target.isdigit():
         raise click.UsageError("give an execution ID (or --search TEXT)")
     with open_app(config_path) as app:
