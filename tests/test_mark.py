@@ -193,3 +193,15 @@ def test_mark_refuses_a_running_execution_of_this_live_scheduler(site_db: Databa
             )
         )
     assert cli("mark", str(eid), "complete") == 1
+
+
+def test_a_user_without_a_name_is_named_by_uid(
+    site_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nameless() -> str:
+        raise KeyError("getpwuid(): uid not found")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    (eid,) = insert_rows(site_db, new("root", Status.COMPLETE))
+    assert cli("mark", str(eid), "error") == 0
+    assert all_rows(site_db)[0].msg == f"marked error by uid {os.getuid()}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -262,7 +263,7 @@ def mark(execution_id: int, result: str, msg: str, config_path: str | None, as_j
     execution's msg says who marked it (visible in `history`).
     """
     status, now = Status(result), datetime.now(UTC)
-    note = f"marked {result} by {getpass.getuser()}" + (f": {msg}" if msg else "")
+    note = f"marked {result} by {_who()}" + (f": {msg}" if msg else "")
     with open_app(config_path) as app:
         release = _releaser(app, execution_id, now)
         try:
@@ -289,6 +290,14 @@ def mark(execution_id: int, result: str, msg: str, config_path: str | None, as_j
         text += f"; released {marked.released} child runs" if marked.released else ""
     out_console().print(text, highlight=False, markup=False)
     return ExitCode.OK
+
+
+def _who() -> str:
+    """The OS user running the command (a uid where the system has no name for it)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no LOGNAME/USER and no passwd entry, as in some containers
+        return f"uid {os.getuid()}"
 
 
 def _releaser(app: App, execution_id: int, now: datetime) -> reruns.Release:
