@@ -112,7 +112,8 @@ class SearchQuery:
 
 
 def search(conn: Connection, query: SearchQuery) -> list[Hit]:
-    """The lines matching ``query``, newest first. Raises ValueError when it has no word."""
+    """The lines matching ``query``, newest first (by when they were stored on SQLite, by
+    execution id then seq on PostgreSQL). Raises ValueError when it has no word."""
     terms = query.words.split()
     if not terms:
         raise ValueError("give at least one word to search for")
@@ -150,11 +151,13 @@ def _sqlite_sql(terms: list[str]) -> tuple[str, dict[str, Any]]:
 
 
 def _postgres_sql(terms: list[str]) -> tuple[str, dict[str, Any]]:
-    # The expression must be written exactly as indexed for the GIN index to be used.
+    # The expression must be written exactly as indexed for the GIN index to be used. Ordering
+    # by the primary key (newest execution first) lets the planner walk that index backwards
+    # and stop at the limit when a word is common, instead of sorting every match.
     sql = (
         f"SELECT {_COLUMNS} FROM execution_logs l JOIN executions e ON e.id = l.execution_id "
         "WHERE to_tsvector('simple', l.line) @@ plainto_tsquery('simple', :match_) {where} "
-        "ORDER BY l.ts DESC, l.execution_id DESC, l.seq DESC LIMIT :limit_"
+        "ORDER BY l.execution_id DESC, l.seq DESC LIMIT :limit_"
     )
     return sql, {"match_": " ".join(terms)}
 
