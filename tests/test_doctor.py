@@ -18,8 +18,9 @@ from scheduler.config import Config
 from scheduler.doctor import Level
 from scheduler.store import health, history
 from scheduler.store.db import Database
-from scheduler.store.history import NewExecution, Trigger
+from scheduler.store.history import LogRow, NewExecution, Trigger
 from scheduler.store.schema import scheduler_lease, workflow_files
+from scheduler.store.search import FTS_TABLE
 from scheduler.tasktime import iso
 from tests.conftest import make_site
 
@@ -155,3 +156,15 @@ def test_an_unreachable_server_is_one_line_without_its_password(
 )
 def test_human_sizes(size: int, text: str) -> None:
     assert doctor.human(size) == text
+
+
+def test_a_search_index_out_of_step_is_found(site_db: Database) -> None:
+    # given a line deleted behind the index's back (its trigger gone, as after a bad restore)
+    with site_db.write() as conn:
+        history.insert_logs(conn, [LogRow(1, 1, datetime.now(UTC), "stdout", "orphan words")])
+        conn.exec_driver_sql(f"DROP TRIGGER trg_{FTS_TABLE}_delete")
+        conn.exec_driver_sql("DELETE FROM execution_logs")
+    config = Config(workflows=Path("workflows").absolute(), database=site_db.url)
+    report = doctor.examine(config, datetime.now(UTC))
+    (finding,) = [f for f in report.findings if f.check == "search index"]
+    assert finding.level is Level.WARN and "rebuild" in finding.action
