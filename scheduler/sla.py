@@ -10,7 +10,8 @@ The decision (``due``, ``missed``) is pure: phase spec, phase state, completions
 ``DeadlineCheck`` is the one part with I/O: every CHECK_EVERY it judges the deadlines that
 passed since the phase was last checked (kept in ``sla_checks``), so deadlines that passed
 while no scheduler ran are judged on the next start, at most LOOKBACK back and CAP times per
-phase. Only deadlines at least SETTLE old are judged, so that a run that ended just before its
+phase. A phase's first check only starts the watch, as a new schedule starts at the moment it
+is seen: adding ``sla`` to an old phase raises no alerts about its past. Only deadlines at least SETTLE old are judged, so that a run that ended just before its
 deadline has been recorded. A paused phase is not judged (its times do not fire by intent) but
 its check moves on, so resuming it raises no alerts for the pause. A batch phase is judged by
 the run of its fire's own task time.
@@ -72,7 +73,7 @@ def watched(spec: PhaseSpec) -> bool:
 def due(
     spec: PhaseSpec,
     state: PhaseState,
-    checked_until: datetime | None,
+    checked_until: datetime,
     now: datetime,
     default_tz: str,
 ) -> list[datetime]:
@@ -83,7 +84,7 @@ def due(
     """
     assert spec.rule is not None and spec.rule.cron is not None and spec.rule.sla is not None
     sla, horizon = spec.rule.sla, now - SETTLE
-    since = max(checked_until or state.first_seen, now - LOOKBACK)
+    since = max(checked_until, now - LOOKBACK)
     low, high = max(since - sla, state.first_seen), horizon - sla
     zone = planner.zone_of(spec, default_tz)
     times: deque[datetime] = deque(maxlen=CAP)
@@ -149,10 +150,10 @@ class DeadlineCheck:
                 state = states.get(key)
                 if state is None:
                     continue  # never planned: nothing was scheduled yet
-                until[key] = now - SETTLE
-                if state.paused:
-                    continue
-                times = due(spec, state, checked.get(key), now, self.default_tz)
+                until[key], since = now - SETTLE, checked.get(key)
+                if since is None or state.paused:
+                    continue  # a first check starts the watch; a paused phase fires nothing
+                times = due(spec, state, since, now, self.default_tz)
                 task_times = [task_time_of(spec, t) for t in times]
                 done = deadlines.completions(conn, spec.file_path, spec.task, task_times)
                 misses.extend(missed(spec, times, done))

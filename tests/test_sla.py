@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from scheduler import sla
 from scheduler.config import AlertsConfig
@@ -19,7 +19,7 @@ from scheduler.rules import parse_rule
 from scheduler.store import deadlines, history
 from scheduler.store.db import Database
 from scheduler.store.history import Finish, NewExecution, PhaseState, Status, Trigger
-from scheduler.store.schema import alerts, sla_checks
+from scheduler.store.schema import alerts
 from scheduler.validation import PhaseSpec, validate_file
 from tests.conftest import ManualClock, WriteWorkflow
 from tests.test_engine import make_engine
@@ -54,17 +54,18 @@ def test_sla_is_a_positive_duration() -> None:
 @pytest.mark.parametrize(
     ("checked", "now", "expected"),
     [
-        # first check: every hour after first seen whose deadline (t + 2h) is a minute old
-        (None, T0 + 5 * H, [T0 + H, T0 + 2 * H]),
-        (None, T0 + 3 * H + timedelta(seconds=59), []),  # 01:00's deadline is not settled yet
-        (None, T0 + 3 * H + timedelta(minutes=1), [T0 + H]),
+        # checked since first seen: every hour whose deadline (t + 2h) is a minute old
+        (T0, T0 + 5 * H, [T0 + H, T0 + 2 * H]),
+        (T0, T0 + 3 * H + timedelta(seconds=59), []),  # 01:00's deadline is not settled yet
+        (T0, T0 + 3 * H + timedelta(minutes=1), [T0 + H]),
+        (T0 - 9 * H, T0 + 3 * H + timedelta(minutes=1), [T0 + H]),  # nothing before first seen
         # later checks: only deadlines after the one checked until
         (T0 + 4 * H, T0 + 5 * H + timedelta(minutes=1), [T0 + 3 * H]),
         (T0 + 5 * H, T0 + 5 * H + timedelta(minutes=2), []),
     ],
 )
 def test_due_are_the_times_whose_deadline_passed_since_the_last_check(
-    checked: datetime | None, now: datetime, expected: list[datetime]
+    checked: datetime, now: datetime, expected: list[datetime]
 ) -> None:
     phase = spec()
     assert sla.due(phase, state(phase), checked, now, "UTC") == expected
@@ -73,7 +74,7 @@ def test_due_are_the_times_whose_deadline_passed_since_the_last_check(
 def test_due_after_long_downtime_is_bounded() -> None:
     phase = spec("cron=* * * * *&sla=1m")
     now = T0 + timedelta(days=30)
-    times = sla.due(phase, state(phase), None, now, "UTC")
+    times = sla.due(phase, state(phase), T0, now, "UTC")
     assert len(times) == sla.CAP
     assert times[-1] == now - sla.SETTLE - timedelta(minutes=1)
 
@@ -83,7 +84,7 @@ def test_due_follows_the_zone_of_the_cron_across_dst() -> None:
     phase = spec("cron=30 2 * * *&tz=Europe/Berlin&sla=1h")
     first = datetime(2024, 3, 30, 12, tzinfo=UTC)
     seen = PhaseState("p.toml", "etl", first, first, "", None, False)
-    times = sla.due(phase, seen, None, datetime(2024, 4, 1, 12, tzinfo=UTC), "UTC")
+    times = sla.due(phase, seen, first, datetime(2024, 4, 1, 12, tzinfo=UTC), "UTC")
     # then it is judged once that night, at the first valid instant after the gap (03:00 CEST)
     assert times == [
         datetime(2024, 3, 31, 1, 0, tzinfo=UTC),
@@ -120,11 +121,20 @@ def sla_alerts(db: Database) -> list[str]:
         return [msg for *_, msg in deadlines.sla_alerts(conn)]
 
 
-def test_deadlines_missed_while_down_are_alerted_once_on_start(db: Database) -> None:
-    # given a phase first seen at T0 whose 01:00 run completed in time and 02:00 run failed
-    phase = spec()
+def watching(db: Database, phase: PhaseSpec, paused: bool = False) -> None:
+    """The phase, first seen at T0, with a scheduler's first check (which starts the watch)."""
     with db.write() as conn:
         history.save_phase_states(conn, [state(phase)])
+    assert sla.DeadlineCheck(db, "UTC").poll(T0 + sla.SETTLE, lambda: [phase]) == []
+    if paused:
+        with db.write() as conn:
+            conn.execute(history.phase_state.update().values(paused=1))
+
+
+def test_deadlines_missed_while_down_are_alerted_once_on_start(db: Database) -> None:
+    # given a watched phase whose 01:00 run completed in time and 02:00 run failed
+    phase = spec()
+    watching(db, phase)
     run(db, phase, T0 + H, Status.COMPLETE, T0 + H + timedelta(minutes=5))
     run(db, phase, T0 + 2 * H, Status.ERROR, T0 + 2 * H + timedelta(minutes=5))
     # when a scheduler starts at 06:00 (every deadline passed while none ran)
@@ -139,20 +149,32 @@ def test_deadlines_missed_while_down_are_alerted_once_on_start(db: Database) -> 
     again = sla.DeadlineCheck(db, "UTC").poll(T0 + 7 * H, lambda: [phase])
     assert [m.scheduled for m in again] == [T0 + 4 * H]
     assert len(sla_alerts(db)) == 3
-    # and even when the check's progress is lost, the unique key keeps one alert per time
+
+
+def test_the_unique_key_keeps_one_alert_per_task_time(db: Database) -> None:
+    # given two checks that judged the same deadline (say, racing after a restore)
+    miss = sla.Miss("p.toml", "etl", T0 + H, T0 + H, timedelta(hours=2))
     with db.write() as conn:
-        conn.execute(delete(sla_checks))
-    sla.DeadlineCheck(db, "UTC").poll(T0 + 7 * H, lambda: [phase])
-    assert len(sla_alerts(db)) == 3
+        assert deadlines.record(conn, [miss.alert()], {}, T0 + 4 * H) == 1
+    with db.write() as conn:
+        assert deadlines.record(conn, [miss.alert()], {}, T0 + 5 * H) == 0
+    assert len(sla_alerts(db)) == 1
+
+
+def test_adding_sla_to_an_old_phase_raises_nothing_about_its_past(db: Database) -> None:
+    phase = spec()
+    with db.write() as conn:
+        history.save_phase_states(conn, [state(phase)])  # seen (and failing) since T0
+    assert sla.DeadlineCheck(db, "UTC").poll(T0 + 30 * H, lambda: [phase]) == []
+    later = sla.DeadlineCheck(db, "UTC").poll(T0 + 31 * H, lambda: [phase])
+    assert [m.scheduled for m in later] == [T0 + 28 * H]
 
 
 def test_a_paused_phase_is_not_judged_and_resuming_raises_nothing_for_the_pause(
     db: Database,
 ) -> None:
     phase = spec()
-    with db.write() as conn:
-        history.save_phase_states(conn, [state(phase)])
-        conn.execute(history.phase_state.update().values(paused=1))
+    watching(db, phase, paused=True)
     assert sla.DeadlineCheck(db, "UTC").poll(T0 + 6 * H, lambda: [phase]) == []
     with db.write() as conn:
         conn.execute(history.phase_state.update().values(paused=0))
@@ -162,20 +184,24 @@ def test_a_paused_phase_is_not_judged_and_resuming_raises_nothing_for_the_pause(
 
 def test_checks_run_every_check_interval(db: Database) -> None:
     phase = spec()
-    with db.write() as conn:
-        history.save_phase_states(conn, [state(phase)])
+    watching(db, phase)
     check = sla.DeadlineCheck(db, "UTC")
     assert len(check.poll(T0 + 4 * H, lambda: [phase])) == 1
     calls: list[int] = []
-    assert check.poll(T0 + 4 * H + timedelta(seconds=10), lambda: calls.append(1) or [phase]) == []  # type: ignore[func-returns-value]
+
+    def phases() -> list[PhaseSpec]:
+        calls.append(1)
+        return [phase]
+
+    assert check.poll(T0 + 4 * H + timedelta(seconds=10), phases) == []
     assert calls == []  # within CHECK_EVERY of the last: not even the phases are read
-    assert len(check.poll(T0 + 4 * H + sla.CHECK_EVERY, lambda: [phase])) == 0
+    assert check.poll(T0 + 4 * H + sla.CHECK_EVERY, phases) == []
+    assert calls == [1]
 
 
 def test_a_missed_deadline_is_posted_at_once(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     phase = spec()
-    with db.write() as conn:
-        history.save_phase_states(conn, [state(phase)])
+    watching(db, phase)
     sla.DeadlineCheck(db, "UTC").poll(T0 + 4 * H, lambda: [phase])
     posted: list[dict[str, Any]] = []
     notifier = Notifier(db, AlertsConfig(webhook="http://127.0.0.1:9/hook"))
