@@ -63,6 +63,8 @@ class Config:
     max_workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     shutdown_grace: timedelta = timedelta(seconds=30)
     watch: Path | None = None  # a folder whose new files are reported to file triggers
+    backup: Path | None = None  # where the daemon keeps a copy of its SQLite database
+    backup_every: timedelta = timedelta(hours=24)
     workers: Mapping[str, WorkerConfig] = field(default_factory=dict)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     retention: timedelta | None = None
@@ -216,6 +218,8 @@ _SCHEDULER: dict[str, Callable[[_Reader, str, Any], Any]] = {
     "max_workers": _Reader.positive_int,
     "shutdown_grace": _Reader.duration,
     "watch": _Reader.path,
+    "backup": _Reader.path,
+    "backup_every": _Reader.duration,
 }
 
 

@@ -76,6 +76,7 @@ class Rule:
     timeout: timedelta | None = None
     concurrency: int | None = None
     catchup: Catchup = Catchup.LATEST
+    sla: timedelta | None = None  # deadline after the scheduled time (sla.py)
     unknown: tuple[str, ...] = ()
 
     @property
@@ -281,4 +282,5 @@ _READERS: dict[str, _Reader] = {
     "timeout": lambda v: {"timeout": _positive_duration("timeout", _first(v))},
     "concurrency": _read_concurrency,
     "catchup": _read_enum("catchup", "catchup", Catchup),
+    "sla": lambda v: {"sla": _positive_duration("sla", _first(v))},
 }

@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from scheduler.cli import logview
 from scheduler.cli.common import (
     App,
     ExitCode,
@@ -36,6 +37,7 @@ from scheduler.clock import SystemClock
 from scheduler.errors import TaskNotFound, TomlflowError
 from scheduler.store import history, lease
 from scheduler.store.history import Status, Trigger
+from scheduler.store.search import SearchQuery
 from scheduler.store.workflows import PhaseRow, file_rows, phase_rows
 from scheduler.tasktime import iso
 
@@ -313,37 +315,48 @@ def history_cmd(
 
 
 @click.command()
-@click.argument("execution_id", type=int)
+@click.argument("target", required=False, metavar="ID|TASK")
+@click.option("--follow", "-f", is_flag=True, help="Print new lines as they arrive, to the end.")
+@click.option("--tail", type=click.IntRange(1), metavar="N", help="Only the last N lines.")
+@click.option("--search", "words", metavar="TEXT", help="Search all stored output for words.")
+@click.option("--since", metavar="TIME", help="--search: lines from TIME (or a duration ago).")
+@click.option("--until", metavar="TIME", help="--search: lines before TIME.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
 @config_option
 @json_option
-def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
-    """The output lines of one execution."""
-    with open_reader(config_path) as reader, reader.db.read() as conn:
-        execution = history.get_execution(conn, execution_id)
-        if execution is None:
-            raise TomlflowError(f"no execution with id {execution_id}")
-        lines = history.execution_logs_of(conn, execution_id)
-    if as_json:
-        print_json(
-            {
-                "execution": execution.as_dict(),
-                "logs": [
-                    {"seq": x.seq, "ts": iso(x.ts), "stream": x.stream, "line": x.line}
-                    for x in lines
-                ],
-            }
+def logs(
+    target: str | None,
+    follow: bool,
+    tail: int | None,
+    words: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    config_path: str | None,
+    as_json: bool,
+) -> int:
+    """The output lines of execution ID; with --search, matching lines of all (or TASK's) runs.
+
+    --follow exits when the execution ends: 0 when it completed, 1 otherwise.
+    """
+    if words is not None:
+        now = datetime.now(UTC)
+        query = SearchQuery(
+            words,
+            target,
+            logview.since_option(since, "--since", now),
+            logview.since_option(until, "--until", now),
+            limit,
         )
+        with open_reader(config_path) as reader:
+            logview.run_search(reader.db, query, as_json)
         return ExitCode.OK
-    console = out_console()
-    console.print(
-        f"# {execution.task} attempt {execution.attempt}: {execution.status.value} {execution.msg}",
-        highlight=False,
-        markup=False,
-    )
-    for x in lines:
-        style = "red" if x.stream == "stderr" else "dim" if x.stream == "system" else None
-        console.print(x.line, style=style, highlight=False, markup=False)
-    return ExitCode.OK
+    if since is not None or until is not None:
+        raise click.UsageError("--since and --until go with --search")
+    if target is None or not target.isdigit():
+        raise click.UsageError("give an execution ID (or --search TEXT)")
+    with open_reader(config_path) as reader:
+        return logview.show(reader.db, int(target), follow, tail, as_json)
 
 
 def _is_phase(task: str, specs: list[PhaseSpec]) -> bool:

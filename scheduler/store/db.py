@@ -103,6 +103,21 @@ def add_missing_columns(conn: Connection, table: Table) -> None:
             conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
+def _log_search_v8(conn: Connection) -> None:
+    """The full-text index of execution_logs (store/search.py), filled from the stored lines."""
+    from scheduler.store import search
+
+    search.create_index(conn)
+
+
+def _deadlines_v9(conn: Connection) -> None:
+    """Deadlines (rule key sla): how far each phase was checked, and a unique key that keeps
+    one missed-deadline alert per phase and task time (store/deadlines.py)."""
+    from scheduler.store import deadlines
+
+    deadlines.create(conn)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -112,6 +127,8 @@ MIGRATIONS: list[Migration] = [
     _phase_stats_v5,
     _file_reports_v6,
     _workflow_file_stat_v7,
+    _log_search_v8,
+    _deadlines_v9,
 ]
 
 
