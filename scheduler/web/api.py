@@ -25,7 +25,14 @@ from scheduler.store.history import FINISHED, Execution, NewExecution
 from scheduler.tasktime import iso
 from scheduler.web import actions, ops, phases, runs
 from scheduler.web.context import ctx
-from scheduler.web.render import BadRequest, int_arg, text_arg, time_arg, tomlflow_version
+from scheduler.web.render import (
+    BadRequest,
+    after_arg,
+    int_arg,
+    text_arg,
+    time_arg,
+    tomlflow_version,
+)
 
 MAX_BODY = 1024 * 1024
 PREVIEW_TASKS = 1000
@@ -113,7 +120,7 @@ def api_run(request: Request) -> Response:
 
 def api_logs(request: Request) -> Response:
     context = ctx(request)
-    after = int_arg(request.query_params, "after", -1, -1) or -1
+    after = after_arg(request.query_params)
     limit = int_arg(request.query_params, "limit", 1000, 1, 5000) or 1000
     with context.db.read() as conn:
         execution = history.get_execution(conn, request.path_params["id"])

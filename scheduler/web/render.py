@@ -160,6 +160,12 @@ def int_arg(
     return value
 
 
+def after_arg(params: Mapping[str, str]) -> int:
+    """``after``: a log sequence number (-1, the default, means from the start)."""
+    value = int_arg(params, "after", -1, -1)
+    return -1 if value is None else value
+
+
 def time_arg(params: Mapping[str, str], name: str) -> datetime | None:
     raw = params.get(name, "").strip()
     if not raw:

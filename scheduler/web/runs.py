@@ -19,7 +19,7 @@ from scheduler.store.browse import RunFilter
 from scheduler.store.history import FINISHED, Status, Trigger
 from scheduler.web import actions, svg
 from scheduler.web.context import WebContext, ctx
-from scheduler.web.render import BadRequest, int_arg, page, text_arg, time_arg
+from scheduler.web.render import BadRequest, after_arg, int_arg, page, text_arg, time_arg
 
 FILTER_KEYS = ("task", "file", "status", "trigger", "since", "until", "from", "to")
 LOG_PAGE = 2000
@@ -181,7 +181,7 @@ def log_fragment(request: Request) -> Response:
     execution is still queued or running (htmx swaps this for the old poller)."""
     context = ctx(request)
     execution_id = request.path_params["id"]
-    after = int_arg(request.query_params, "after", -1, -1) or -1
+    after = after_arg(request.query_params)
     with context.db.read() as conn:
         execution = history.get_execution(conn, execution_id)
         if execution is None:

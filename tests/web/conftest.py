@@ -73,8 +73,12 @@ def finish(db: Database, execution_id: int, status: Status, when: str, msg: str 
     with db.write() as conn:
         history.mark_running(conn, [execution_id], start)
         history.record_finishes(
-            conn, [Finish(execution_id, status, msg, 0 if status is Status.COMPLETE else 1,
-                          start, start)]
+            conn,
+            [
+                Finish(
+                    execution_id, status, msg, 0 if status is Status.COMPLETE else 1, start, start
+                )
+            ],
         )
 
 
