@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from scheduler.store import browse, history
 from scheduler.store.browse import RunFilter
 from scheduler.store.db import Database
@@ -43,18 +45,28 @@ def end(
         )
 
 
-def test_list_runs_pages_by_id_both_ways(db: Database) -> None:
+@pytest.mark.parametrize("cap", [10_000, 2])
+@pytest.mark.parametrize("where", [RunFilter(), RunFilter(task="t")])
+def test_list_runs_pages_by_id_both_ways(
+    db: Database, monkeypatch: pytest.MonkeyPatch, cap: int, where: RunFilter
+) -> None:
+    # a cap of 2 makes the filter "dense": the page is read in id order, not from its ids
+    monkeypatch.setattr(browse, "COUNT_CAP", cap)
     ids = [add(db, "t", T0 + timedelta(minutes=i)) for i in range(7)]
+    other = add(db, "other", T0 - timedelta(days=1))
+    newest_first = sorted(ids + ([other] if where.task is None else []), reverse=True)
     with db.read() as conn:
-        first = browse.list_runs(conn, RunFilter(), 3)
-        second = browse.list_runs(conn, RunFilter(), 3, before=first.older)
-        last = browse.list_runs(conn, RunFilter(), 3, before=second.older)
-        back = browse.list_runs(conn, RunFilter(), 3, after=second.newer)
-    assert [r.id for r in first.rows] == ids[::-1][:3] and first.newer is None
-    assert [r.id for r in second.rows] == ids[::-1][3:6]
-    assert [r.id for r in last.rows] == ids[:1] and last.older is None
-    assert [r.id for r in back.rows] == [r.id for r in first.rows]
+        first = browse.list_runs(conn, where, 3)
+        second = browse.list_runs(conn, where, 3, before=first.older)
+        last = browse.list_runs(conn, where, 3, before=second.older)
+        back = browse.list_runs(conn, where, 3, after=second.newer)
+    assert [r.id for r in first.rows] == newest_first[:3] and first.newer is None
+    assert [r.id for r in second.rows] == newest_first[3:6]
+    assert second.newer == newest_first[3]
+    assert [r.id for r in last.rows] == newest_first[6:] and last.older is None
+    assert [r.id for r in back.rows] == newest_first[:3]
     assert back.newer is None and back.older == first.older
+    assert first.total == min(len(newest_first), cap + 1)
 
 
 def test_filters_combine(db: Database) -> None:

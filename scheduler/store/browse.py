@@ -73,11 +73,13 @@ class RunFilter:
 @dataclass(frozen=True)
 class RunPage:
     """Up to ``limit`` executions, newest first. ``older``/``newer`` are the ``before``/
-    ``after`` ids of the neighbouring pages, None at either end."""
+    ``after`` ids of the neighbouring pages, None at either end. ``total`` counts the matching
+    executions up to COUNT_CAP (a larger number means "more than COUNT_CAP")."""
 
     rows: list[Execution]
     older: int | None
     newer: int | None
+    total: int
 
 
 def list_runs(
@@ -89,8 +91,55 @@ def list_runs(
     after: int | None = None,
 ) -> RunPage:
     """Executions matching ``where``, newest first: the page below id ``before``, or the one
-    above id ``after``, or the newest; ``limit`` is clamped to 1..MAX_PAGE."""
+    above id ``after``, or the newest; ``limit`` is clamped to 1..MAX_PAGE.
+
+    A filter first collects the ids it matches through its own index (task, status, created
+    time), stopping past COUNT_CAP: when that many or fewer match, the page is cut from those
+    ids, so a rare status or an empty range never walks the table in id order. A filter that
+    matches more (a common status) is dense enough that walking the newest ids finds a page
+    at once.
+    """
     limit = max(1, min(MAX_PAGE, limit))
+    terms = where.terms()
+    if terms:
+        query = select(executions.c.id).where(*terms).limit(COUNT_CAP + 1)
+        ids = [r[0] for r in conn.execute(query)]
+        if len(ids) <= COUNT_CAP:
+            return _page_of_ids(conn, sorted(ids, reverse=True), limit, before, after)
+        return _page_in_id_order(conn, where, limit, before, after, len(ids))
+    return _page_in_id_order(conn, where, limit, before, after, count_runs(conn, where, COUNT_CAP))
+
+
+def _page_of_ids(
+    conn: Connection, ids: list[int], limit: int, before: int | None, after: int | None
+) -> RunPage:
+    """The page of ``ids`` (all matches, newest first) below ``before`` or above ``after``."""
+    if after is not None:
+        above = [i for i in ids if i > after]
+        chosen = above[-limit:]
+    else:
+        chosen = [i for i in ids if before is None or i < before][:limit]
+    rows = _by_ids(conn, chosen)
+    older = chosen[-1] if chosen and chosen[-1] > ids[-1] else None
+    newer = chosen[0] if chosen and chosen[0] < ids[0] else None
+    return RunPage(rows, older, newer, len(ids))
+
+
+def _by_ids(conn: Connection, ids: list[int]) -> list[Execution]:
+    if not ids:
+        return []
+    query = select(executions).where(executions.c.id.in_(ids)).order_by(executions.c.id.desc())
+    return [Execution.from_row(r) for r in conn.execute(query)]
+
+
+def _page_in_id_order(
+    conn: Connection,
+    where: RunFilter,
+    limit: int,
+    before: int | None,
+    after: int | None,
+    total: int,
+) -> RunPage:
     c = executions.c
     query = select(executions).where(*where.terms())
     if after is not None:
@@ -105,9 +154,9 @@ def list_runs(
     if after is not None:
         found.reverse()
         older = found[-1].id if found and _exists(conn, where, below=found[-1].id) else None
-        return RunPage(found, older, found[0].id if found and more else None)
+        return RunPage(found, older, found[0].id if found and more else None, total)
     newer = found[0].id if found and before is not None else None
-    return RunPage(found, found[-1].id if found and more else None, newer)
+    return RunPage(found, found[-1].id if found and more else None, newer, total)
 
 
 def _exists(conn: Connection, where: RunFilter, *, below: int) -> bool:
@@ -215,11 +264,30 @@ def phase_runs(conn: Connection, file_path: str, task: str, limit: int = 100) ->
     return [Execution.from_row(r) for r in conn.execute(query)]
 
 
-def file_runs(conn: Connection, file_path: str, limit: int = 2000) -> list[Execution]:
-    """A workflow file's newest executions, newest first, at most ``limit``."""
+@dataclass(frozen=True)
+class Cell:
+    """One execution as the runs-by-phases grid shows it."""
+
+    id: int
+    task: str
+    task_time: str | None
+    status: str
+
+
+def newest_cells(conn: Connection, file_path: str, tasks: list[str], per_task: int) -> list[Cell]:
+    """The newest ``per_task`` executions of each of ``tasks`` in ``file_path``: one seek per
+    phase down ``ix_executions_phase_id``, newest first overall."""
     c = executions.c
-    query = select(executions).where(c.file_path == file_path).order_by(c.id.desc()).limit(limit)
-    return [Execution.from_row(r) for r in conn.execute(query)]
+    cells: list[Cell] = []
+    for task in tasks:
+        query = (
+            select(c.id, c.task, c.task_time, c.status)
+            .where(c.file_path == file_path, c.task == task)
+            .order_by(c.id.desc())
+            .limit(per_task)
+        )
+        cells.extend(Cell(*r) for r in conn.execute(query))
+    return sorted(cells, key=lambda cell: cell.id, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -265,14 +333,16 @@ def phase_counts_of(conn: Connection, file_path: str, task: str) -> PhaseCounts:
 
 
 def active_counts(conn: Connection) -> dict[tuple[str, str, str], int]:
-    """Queued and running executions per (file, task, status)."""
+    """Queued and running executions per (file, task, status), counted here from the status
+    index (a GROUP BY would make the database walk a phase index over every execution)."""
     c = executions.c
-    query = (
-        select(c.file_path, c.task, c.status, func.count())
-        .where(c.status.in_((Status.QUEUED.value, Status.RUNNING.value)))
-        .group_by(c.file_path, c.task, c.status)
-    )
-    return {(r[0], r[1], r[2]): int(r[3]) for r in conn.execute(query)}
+    counts: dict[tuple[str, str, str], int] = {}
+    for status in (Status.QUEUED.value, Status.RUNNING.value):
+        query = select(c.file_path, c.task).where(c.status == status)
+        for file_path, task in conn.execute(query):
+            key = (file_path, task, status)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 # -- charts --------------------------------------------------------------------------------------
@@ -356,9 +426,11 @@ def cron_lateness(conn: Connection, since: datetime, limit: int = 5000) -> list[
 
 
 def executions_with_status(conn: Connection, status: Status, limit: int = 100) -> list[Execution]:
-    c = executions.c
-    query = select(executions).where(c.status == status.value).order_by(c.id).limit(limit)
-    return [Execution.from_row(r) for r in conn.execute(query)]
+    """The oldest ``limit`` executions with ``status`` (meant for the rare ones: queued,
+    running). Read through the status index without an ORDER BY, which could walk every id."""
+    query = select(executions.c.id).where(executions.c.status == status.value)
+    ids = sorted(r[0] for r in conn.execute(query))[:limit]
+    return _by_ids(conn, ids)[::-1]
 
 
 def recent_failures(conn: Connection, limit: int = 10) -> list[Execution]:

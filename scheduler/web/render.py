@@ -103,8 +103,10 @@ _ENV = make_env()
 
 
 def page(request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
-    """Render ``template`` with ``values`` plus what every page shows."""
-    now = datetime.now(UTC)
+    """Render ``template`` with ``values`` plus what every page shows; times are relative to
+    the app's clock."""
+    context = getattr(request.app.state, "ctx", None)
+    now = context.clock.now() if context is not None else datetime.now(UTC)
     html = _ENV.get_template(template).render(
         request=request,
         here=request.url.path,

@@ -52,8 +52,7 @@ def run_page(context: WebContext, params: Mapping[str, str]) -> tuple[browse.Run
     after = int_arg(params, "after")
     with context.db.read() as conn:
         found = browse.list_runs(conn, where, limit, before=before, after=after)
-        total = browse.count_runs(conn, where)
-    return found, total
+    return found, found.total
 
 
 def runs(request: Request) -> Response:

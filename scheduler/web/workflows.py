@@ -18,7 +18,6 @@ from scheduler import graph
 from scheduler.catalog import spec_from_row
 from scheduler.errors import WorkflowError
 from scheduler.store import browse
-from scheduler.store.history import Execution
 from scheduler.store.workflows import phase_rows
 from scheduler.web import svg
 from scheduler.web.context import ctx
@@ -27,7 +26,6 @@ from scheduler.web.render import BadRequest, page, text_arg
 
 GRID_TIMES = 15
 GRID_PHASES = 100
-GRID_ROWS_READ = 3000
 _SORTS = {
     "name": lambda f: f.file_path,
     "phases": lambda f: -f.phases,
@@ -55,14 +53,14 @@ class Grid:
 
     times: list[str]
     tasks: list[str]
-    cells: dict[tuple[str, str], Execution]
+    cells: dict[tuple[str, str], browse.Cell]
 
 
-def run_grid(runs: Sequence[Execution], order: Sequence[str]) -> Grid:
+def run_grid(runs: Sequence[browse.Cell], order: Sequence[str]) -> Grid:
     times: list[str] = []
-    cells: dict[tuple[str, str], Execution] = {}
+    cells: dict[tuple[str, str], browse.Cell] = {}
     for e in runs:  # newest first: the first seen per cell is the newest attempt
-        key = e.task_time.isoformat()[:16] if e.task_time else "-"
+        key = e.task_time[:16] if e.task_time else "-"
         if key not in times:
             if len(times) == GRID_TIMES:
                 continue
@@ -101,7 +99,9 @@ def workflow_detail(request: Request) -> Response:
             raise BadRequest(f"no workflow file {key!r}", 404)
         specs = [spec_from_row(r) for r in phase_rows(conn, key)]
         last = browse.last_of_file(conn, key)
-        runs = browse.file_runs(conn, key, GRID_ROWS_READ)
+        cells = browse.newest_cells(
+            conn, key, [s.task for s in specs][:GRID_PHASES], GRID_TIMES
+        )
     source = _source(context.config.workflows, key)
     dependency = graph.build(specs)
     status = {
@@ -117,7 +117,7 @@ def workflow_detail(request: Request) -> Response:
         last=last,
         source=highlight(source) if source is not None else None,
         graph=svg.dag(dependency, status, href),
-        grid=run_grid(runs, [s.task for s in specs]),
+        grid=run_grid(cells, [s.task for s in specs]),
     )
 
 
