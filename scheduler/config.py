@@ -51,6 +51,15 @@ class AIConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """``tomlflow web``: where it listens; ``token`` is required to bind a non-loopback host."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything configurable, resolved: paths absolute, durations parsed."""
 
@@ -69,6 +78,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     retention: timedelta | None = None
     ai: AIConfig = field(default_factory=AIConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def query_database(self) -> str:
@@ -117,7 +127,7 @@ def load_config(explicit: str | None = None, env: Mapping[str, str] | None = Non
 def parse_config(document: Mapping[str, Any], path: Path) -> Config:
     """Build a Config from a parsed document read from ``path``."""
     reader = _Reader(str(path), path.absolute().parent)
-    reader.only(document, {"scheduler", "workers", "alerts", "retention", "ai"}, "")
+    reader.only(document, {"scheduler", "workers", "alerts", "retention", "ai", "web"}, "")
     sched = reader.table(document, "scheduler")
     reader.only(sched, set(_SCHEDULER), "scheduler")
     values: dict[str, Any] = {"source": path}
@@ -131,6 +141,7 @@ def parse_config(document: Mapping[str, Any], path: Path) -> Config:
     if "executions" in retention:
         values["retention"] = reader.duration("retention.executions", retention["executions"])
     values["ai"] = _ai(reader, reader.table(document, "ai"))
+    values["web"] = _web(reader, reader.table(document, "web"))
     return Config(**values)
 
 
@@ -265,6 +276,21 @@ def _ai(reader: _Reader, table: Mapping[str, Any]) -> AIConfig:
     if "max_turns" in table:
         values["max_turns"] = reader.positive_int("ai.max_turns", table["max_turns"])
     return AIConfig(**values)
+
+
+def _web(reader: _Reader, table: Mapping[str, Any]) -> WebConfig:
+    reader.only(table, {"host", "port", "token"}, "web")
+    values: dict[str, Any] = {}
+    if "host" in table:
+        values["host"] = reader.string("web.host", table["host"])
+    if "port" in table:
+        port = reader.positive_int("web.port", table["port"])
+        if port > 65535:
+            raise reader.fail("web.port", "must be a port number (1-65535)")
+        values["port"] = port
+    if "token" in table:
+        values["token"] = reader.string("web.token", table["token"])
+    return WebConfig(**values)
 
 
 def _sqlite_url(url: str, base: Path) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,12 +36,14 @@ from scheduler.cli.common import (
     short_time,
 )
 from scheduler.clock import SystemClock
-from scheduler.errors import TaskNotFound, TomlflowError
-from scheduler.store import history, lease
+from scheduler.durations import parse_duration
+from scheduler.errors import DurationError, TaskNotFound
+from scheduler.store import browse, history, lease
+from scheduler.store.browse import EXPORT_CAP, RunFilter
 from scheduler.store.history import Status, Trigger
 from scheduler.store.search import SearchQuery
 from scheduler.store.workflows import PhaseRow, file_rows, phase_rows
-from scheduler.tasktime import iso
+from scheduler.tasktime import iso, parse_at
 
 if TYPE_CHECKING:  # the engine loads only for `run` (see scheduler.cli: fast to start)
     from scheduler.engine import Engine, TickReport
@@ -283,21 +287,78 @@ def _next_fire_text(next_fire: str | None, running: bool, now: datetime) -> str:
 @click.command(name="history")
 @click.argument("task", required=False)
 @click.option("--status", "status_filter", type=click.Choice([s.value for s in Status]))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--trigger", "trigger_filter", type=click.Choice([t.value for t in Trigger]))
+@file_option
+@click.option("--since", metavar="AGE|TIME", help="Created at or after: 7d, 24h, 2024-01-02.")
+@click.option("--until", metavar="AGE|TIME", help="Created before: 1d, 2024-01-03.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, EXPORT_CAP))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default=None,
+    help="table (default), json, or csv (a header row, ISO timestamps).",
+)
 @config_option
 @json_option
 def history_cmd(
-    task: str | None, status_filter: str | None, limit: int, config_path: str | None, as_json: bool
+    task: str | None,
+    status_filter: str | None,
+    trigger_filter: str | None,
+    file_path: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    fmt: str | None,
+    config_path: str | None,
+    as_json: bool,
 ) -> int:
-    """Executions, newest first (exit 2 when TASK is neither a phase nor in the history)."""
+    """Executions, newest first, filtered; export them as JSON or CSV (the dashboard's
+    Runs page filters and exports with the same query). Exit 2 when TASK is neither a phase
+    nor in the history."""
+    now = datetime.now(UTC)
+    where = RunFilter(
+        task=task,
+        file_path=file_path,
+        status=Status(status_filter) if status_filter else None,
+        trigger=Trigger(trigger_filter) if trigger_filter else None,
+        since=_age_or_time(since, "--since", now),
+        until=_age_or_time(until, "--until", now),
+    )
+    fmt = fmt or ("json" if as_json else "table")
     with open_reader(config_path) as reader:
         with reader.db.read() as conn:
-            rows = history.list_executions(conn, task, status_filter, limit)
+            rows = list(browse.iter_runs(conn, where, cap=limit))
         if task and not rows and not _is_phase(task, read_workflows(reader.config).specs):
             raise TaskNotFound(task)
-    if as_json:
-        print_json([r.as_dict() for r in rows])
-        return ExitCode.OK
+    if fmt == "json":
+        print_json([browse.export_row(r) for r in rows])
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=browse.EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(browse.export_row(r) for r in rows)
+    else:
+        _history_table(rows)
+    return ExitCode.OK
+
+
+def _age_or_time(text: str | None, option: str, now: datetime) -> datetime | None:
+    """``7d``/``24h`` (that long before now) or a time (``2024-01-02``); None for none."""
+    if text is None:
+        return None
+    try:
+        return now - abs(parse_duration(text))
+    except DurationError:
+        pass
+    try:
+        return parse_at(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected an age (7d, 24h) or a time (2024-01-02)", param_hint=option
+        ) from None
+
+
+def _history_table(rows: list[history.Execution]) -> None:
     table = Table("id", "task", "task time", "trigger", "try", "status", "started", "msg", box=None)
     for r in rows:
         table.add_row(
@@ -311,7 +372,6 @@ def history_cmd(
             _escape(r.msg),
         )
     out_console().print(table)
-    return ExitCode.OK
 
 
 @click.command()
