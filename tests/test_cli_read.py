@@ -242,3 +242,17 @@ def test_an_existing_database_opens_read_only_on_every_backend(db: Database) -> 
             conn.execute(executions.delete())
     finally:
         reader.close()
+
+
+def test_insert_returning_ids_gives_each_row_its_id_in_order(db: Database) -> None:
+    now = datetime(2024, 1, 2, tzinfo=UTC)
+    rows = [
+        history.NewExecution(f"chain{i}", "w.toml", "hello", now + timedelta(days=i),
+                             history.Trigger.MANUAL, f"echo {i}", {}, now)
+        for i in range(3)
+    ]
+    with db.write() as conn:
+        ids = history.insert_returning_ids(conn, rows, now)
+    with db.read() as conn:
+        stored = dict(conn.execute(select(executions.c.id, executions.c.task_id)).all())
+    assert [stored[i] for i in ids] == ["chain0", "chain1", "chain2"]
