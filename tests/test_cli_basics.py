@@ -158,3 +158,10 @@ def test_phase_add_into_a_folder_that_cannot_be_written_is_one_line(
                  "--template", "echo bye"]) == 2
     assert_one_line_error(capsys, folder, "Permission denied")
     assert (site / "workflows" / "one.toml").read_text() == ONE_PHASE
+
+
+def test_tomlflow_alone_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Usage: tomlflow") and "Commands:" in captured.out
+    assert captured.err == ""
