@@ -165,3 +165,17 @@ def test_tomlflow_alone_prints_the_help(capsys: pytest.CaptureFixture[str]) -> N
     captured = capsys.readouterr()
     assert captured.out.startswith("Usage: tomlflow") and "Commands:" in captured.out
     assert captured.err == ""
+
+
+def test_a_command_missing_from_the_table_is_still_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a module's command the table does not name (a new one someone forgot to list)
+    import scheduler.cli as cli_package
+
+    table = {k: v for k, v in COMMAND_TABLE.items() if k != "fmt"}
+    monkeypatch.setattr(cli_package, "COMMAND_TABLE", table)
+    group = cli_package.LazyGroup(name="tomlflow")
+    # then the group still finds it in its module's COMMANDS, and unknown names stay unknown
+    with click.Context(group) as ctx:
+        found = group.get_command(ctx, "fmt")
+        assert found is not None and found.name == "fmt"
+        assert group.get_command(ctx, "nosuch") is None
