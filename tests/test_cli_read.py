@@ -81,8 +81,10 @@ def test_the_read_path_is_opened_read_only(site: Path) -> None:
     try:
         with reader.read() as conn:
             assert conn.exec_driver_sql("PRAGMA query_only").scalar() == 1
-        # the database itself refuses a write on this connection (SQLite mode=ro)
+        # the database itself refuses a write on this connection (SQLite mode=ro), even with
+        # the query_only guard switched off
         with pytest.raises(StoreError, match="readonly"), reader.read() as conn:
+            conn.exec_driver_sql("PRAGMA query_only = 0")
             conn.execute(workflow_files.delete())
     finally:
         reader.close()
