@@ -179,3 +179,9 @@ def test_a_command_missing_from_the_table_is_still_found(monkeypatch: pytest.Mon
         found = group.get_command(ctx, "fmt")
         assert found is not None and found.name == "fmt"
         assert group.get_command(ctx, "nosuch") is None
+
+
+def test_config_before_a_command_of_a_group(elsewhere: Path) -> None:
+    # `workflow new` sits one group deeper; the option given first still reaches it
+    assert main(["--config", str(elsewhere), "workflow", "new", "etl"]) == 0
+    assert (elsewhere.parent / "workflows" / "etl.toml").is_file()
