@@ -99,7 +99,7 @@ def test_the_copy_opens_with_a_config_pointing_at_it(
         '[scheduler]\nworkflows = "workflows"\ndatabase = "sqlite:///backups/copy.db"\n'
     )
     assert main(["status", "--config", "copy.toml", "--json"]) == 0
-    (shown,) = json.loads(capsys.readouterr().out)
+    (shown,) = json.loads(capsys.readouterr().out)["phases"]
     assert (shown["task"], shown["last_status"]) == ("etl", "complete")
     copy = Database(f"sqlite:///{site / 'backups' / 'copy.db'}")
     try:

@@ -158,3 +158,30 @@ def test_phase_add_into_a_folder_that_cannot_be_written_is_one_line(
                  "--template", "echo bye"]) == 2
     assert_one_line_error(capsys, folder, "Permission denied")
     assert (site / "workflows" / "one.toml").read_text() == ONE_PHASE
+
+
+def test_tomlflow_alone_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Usage: tomlflow") and "Commands:" in captured.out
+    assert captured.err == ""
+
+
+def test_a_command_missing_from_the_table_is_still_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a module's command the table does not name (a new one someone forgot to list)
+    import scheduler.cli as cli_package
+
+    table = {k: v for k, v in COMMAND_TABLE.items() if k != "fmt"}
+    monkeypatch.setattr(cli_package, "COMMAND_TABLE", table)
+    group = cli_package.LazyGroup(name="tomlflow")
+    # then the group still finds it in its module's COMMANDS, and unknown names stay unknown
+    with click.Context(group) as ctx:
+        found = group.get_command(ctx, "fmt")
+        assert found is not None and found.name == "fmt"
+        assert group.get_command(ctx, "nosuch") is None
+
+
+def test_config_before_a_command_of_a_group(elsewhere: Path) -> None:
+    # `workflow new` sits one group deeper; the option given first still reaches it
+    assert main(["--config", str(elsewhere), "workflow", "new", "etl"]) == 0
+    assert (elsewhere.parent / "workflows" / "etl.toml").is_file()

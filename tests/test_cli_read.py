@@ -81,8 +81,10 @@ def test_the_read_path_is_opened_read_only(site: Path) -> None:
     try:
         with reader.read() as conn:
             assert conn.exec_driver_sql("PRAGMA query_only").scalar() == 1
-        # the database itself refuses a write on this connection (SQLite mode=ro)
+        # the database itself refuses a write on this connection (SQLite mode=ro), even with
+        # the query_only guard switched off
         with pytest.raises(StoreError, match="readonly"), reader.read() as conn:
+            conn.exec_driver_sql("PRAGMA query_only = 0")
             conn.execute(workflow_files.delete())
     finally:
         reader.close()
@@ -244,3 +246,17 @@ def test_an_existing_database_opens_read_only_on_every_backend(db: Database) -> 
             conn.execute(executions.delete())
     finally:
         reader.close()
+
+
+def test_insert_returning_ids_gives_each_row_its_id_in_order(db: Database) -> None:
+    now = datetime(2024, 1, 2, tzinfo=UTC)
+    rows = [
+        history.NewExecution(f"chain{i}", "w.toml", "hello", now + timedelta(days=i),
+                             history.Trigger.MANUAL, f"echo {i}", {}, now)
+        for i in range(3)
+    ]
+    with db.write() as conn:
+        ids = history.insert_returning_ids(conn, rows, now)
+    with db.read() as conn:
+        stored = dict(conn.execute(select(executions.c.id, executions.c.task_id)).all())
+    assert [stored[i] for i in ids] == ["chain0", "chain1", "chain2"]

@@ -138,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = cli.main(args=args, prog_name="tomlflow", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # Plain `tomlflow` asks what there is: the help, not an error.
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        return ExitCode.OK
     except click.ClickException as exc:
         print_error(exc.format_message())
         return ExitCode.USAGE

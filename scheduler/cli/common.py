@@ -1,4 +1,5 @@
-"""What every command shares: exit codes, ``--config``/``--json``, output, and the App it builds."""
+"""What every command shares: exit codes, ``--config``/``--json``, output, the App a writing
+command builds and the Reader a reading one opens."""
 
 from __future__ import annotations
 
