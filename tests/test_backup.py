@@ -90,6 +90,8 @@ def test_the_copy_opens_with_a_config_pointing_at_it(
     site: Path, site_db: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
     add_run(site_db, "searchable words")
+    assert main(["refresh", "--config", "tomlflow.toml"]) == 0  # status shows stored phases
+    capsys.readouterr()
     assert main(["backup", "backups/copy.db", "--config", "tomlflow.toml"]) == 2  # no folder
     (site / "backups").mkdir()
     assert main(["backup", "backups/copy.db", "--config", "tomlflow.toml", "--json"]) == 0
