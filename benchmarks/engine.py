@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scheduler.clock import SystemClock
 from scheduler.config import Config, WorkerConfig
 from scheduler.engine import Engine
-from scheduler.executor import Launch, LocalExecutor
+from scheduler.executors import Launch, LocalExecutor
 from scheduler.planner import base_meta, new_rows
 from scheduler.store import history
 from scheduler.store.db import Database

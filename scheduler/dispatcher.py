@@ -19,7 +19,7 @@ from typing import cast
 from scheduler import templates
 from scheduler.config import Config
 from scheduler.errors import ExecutorError
-from scheduler.executor import Launch, Reply, Result
+from scheduler.executors import Launch, Reply, Result
 from scheduler.store.history import Execution
 from scheduler.validation import PhaseSpec
 

@@ -34,7 +34,7 @@ from scheduler.catalog import Catalog
 from scheduler.clock import Clock
 from scheduler.config import Config
 from scheduler.errors import TomlflowError
-from scheduler.executor import Executor, Launch, Outcome, Result, kill_orphan
+from scheduler.executors import Executor, Launch, Outcome, Result, kill_orphan
 from scheduler.followup import FollowUp, after_end, resume_row
 from scheduler.retry import draw_jitter
 from scheduler.store import file_reports, history, lease, retention, watched

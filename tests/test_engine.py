@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from scheduler.config import Config
 from scheduler.engine import Engine
-from scheduler.executor import LocalExecutor
+from scheduler.executors import LocalExecutor
 from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, Status

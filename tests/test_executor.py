@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.errors import ExecutorError
-from scheduler.executor import (
+from scheduler.executors import (
     InProcessExecutor,
     Launch,
     LocalExecutor,

@@ -32,7 +32,7 @@ from scheduler.cli.common import (
 from scheduler.clock import SystemClock
 from scheduler.engine import Engine, TickReport
 from scheduler.errors import TomlflowError
-from scheduler.executor import LocalExecutor
+from scheduler.executors import LocalExecutor
 from scheduler.store import history
 from scheduler.store.history import Status, Trigger
 from scheduler.tasktime import iso
