@@ -53,7 +53,7 @@ _STATUS_COLOURS = {
 @contextmanager
 def _engine(app: App) -> Iterator[Engine]:
     clock = SystemClock()
-    executor = LocalExecutor(app.config.max_workers, clock.now)
+    executor = LocalExecutor.for_config(app.config, clock.now)
     yield Engine(app.config, app.db, executor, clock)
 
 
