@@ -26,10 +26,10 @@ from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import views  # noqa: E402  (the views benchmark builds the same database)
+import views
 
-from scheduler.config import Config  # noqa: E402
-from scheduler.web.app import create_app  # noqa: E402
+from scheduler.config import Config
+from scheduler.web.app import create_app
 
 PAGE_MS, METRICS_MS, PAGE_BYTES = 100.0, 50.0, 300_000
 ASSETS = ("/static/style.css", "/static/htmx.min.js")

@@ -48,6 +48,7 @@ COMMAND_TABLE: dict[str, Entry] = {
     "pause": Entry("ops", "pause", "Stop TASK's cron fires until resume."),
     "resume": Entry("ops", "resume", "Let TASK's cron fire again."),
     "prune": Entry("ops", "prune", "Delete executions that ended long ago."),
+    "cancel": Entry("ops", "cancel", "Cancel a queued or running execution."),
     "mark": Entry("ops", "mark", "Set a finished or stuck execution's result by hand."),
     "backup": Entry("ops", "backup_cmd", "A verified copy of the SQLite database, taken live."),
     "doctor": Entry("ops", "doctor", "One screen of health; exit 1 when something needs action."),

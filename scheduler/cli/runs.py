@@ -64,10 +64,10 @@ _STATUS_COLOURS = {
 @contextmanager
 def _engine(app: App) -> Iterator[Engine]:
     from scheduler.engine import Engine
-    from scheduler.executor import LocalExecutor
+    from scheduler.executors import LocalExecutor
 
     clock = SystemClock()
-    executor = LocalExecutor(app.config.max_workers, clock.now)
+    executor = LocalExecutor.for_config(app.config, clock.now)
     yield Engine(app.config, app.db, executor, clock)
 
 
