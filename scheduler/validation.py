@@ -18,6 +18,7 @@ on its file, so that check (``require_command``) is applied when phases are read
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +40,7 @@ MAX_NAME_BYTES = 512
 # status is indexed: PostgreSQL refuses btree entries of more than about 2700 bytes
 MAX_STATUS_BYTES = 2000
 _REPLACEMENT = "\ufffd"  # stands for a NUL byte in stored text
+_POSITION = re.compile(r"phase \d+")
 
 
 class Severity(StrEnum):
@@ -72,6 +74,15 @@ class PhaseSpec:
     @property
     def runnable(self) -> bool:
         return self.severity is not Severity.ERROR and self.rule is not None
+
+    @property
+    def where(self) -> str:
+        """How a message names the phase: ``w.toml [task]``, or ``w.toml phase 3`` for one
+        whose own task was missing or unusable (its key is then its position)."""
+        unnamed = _POSITION.fullmatch(self.task) and any(
+            problem in self.status for problem in ("missing key: task", "invalid value: task=")
+        )
+        return f"{self.file_path} {self.task}" if unnamed else f"{self.file_path} [{self.task}]"
 
 
 def validate_file(file_path: str, phases: Sequence[RawPhase]) -> list[PhaseSpec]:

@@ -225,3 +225,15 @@ def test_validate_says_a_phase_has_no_command_and_a_worker_fixes_it(
     # when the configuration gives the topic a worker command, then the same file is clean
     (project / "tomlflow.toml").write_text('[workers."t"]\ncommand = "run {info}"\n')
     assert main(["validate"]) == 0
+
+
+def test_validate_names_a_phase_without_task_by_its_file_and_position(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "workflows" / "w.toml").write_text(
+        '[[phase]]\ntask = "a"\nrule = "cron=@daily"\ntemplate = "echo"\n\n'
+        '[[phase]]\ntask = "b"\ndepends_on = "a"\ntemplate = "echo"\n\n'
+        '[[phase]]\nrule = "cron=@daily"\ntemplate = "echo"\n'
+    )
+    assert main(["validate"]) == 1
+    assert "w.toml phase 3: missing key: task" in capsys.readouterr().out
