@@ -138,7 +138,10 @@ def _named(raw: RawPhase, index: int) -> RawPhase:
 
 
 def _storable_name(text: str) -> bool:
-    return "\0" not in text and len(text.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
+    if "\0" in text:
+        return False
+    # a character is at most 4 bytes: most names need no encoding to be measured
+    return len(text) * 4 <= MAX_NAME_BYTES or len(text.encode("utf-8")) <= MAX_NAME_BYTES
 
 
 def _name_problem(text: str) -> str:
@@ -197,7 +200,7 @@ def _check_cycles(file_path: str, phases: Sequence[RawPhase], errors: dict[int, 
 
 
 def _warnings(raw: RawPhase, rule: Rule | None) -> list[str]:
-    keys = list(raw.unknown_keys) + list(rule.unknown if rule else ())
+    keys = raw.unknown_keys + (rule.unknown if rule else ())
     warnings = [f"unknown key: {shown(key)}" for key in keys]
     if rule is not None and rule.never_fires:
         warnings.append(f"cron never fires: {shown(rule.cron_text)}")
@@ -228,13 +231,15 @@ def _spec(
 
 
 def _storable_text(text: str) -> str:
-    """Text a database column takes: no NUL byte (PostgreSQL refuses it), no lone surrogate."""
-    text = text.replace("\0", _REPLACEMENT)
-    return text.encode("utf-8", "replace").decode("utf-8")
+    """Text a database column takes: no NUL byte (PostgreSQL refuses it). (Lone surrogates
+    cannot occur: TOML refuses them and rule values decode with replacement.)"""
+    return text.replace("\0", _REPLACEMENT) if "\0" in text else text
 
 
 def _storable_status(status: str) -> str:
     status = _storable_text(status)
+    if len(status) * 4 <= MAX_STATUS_BYTES:
+        return status
     data = status.encode("utf-8")
     if len(data) <= MAX_STATUS_BYTES:
         return status
