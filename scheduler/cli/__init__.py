@@ -35,6 +35,7 @@ COMMAND_TABLE: dict[str, Entry] = {
     "refresh": Entry("workflows", "refresh", "Reload changed workflow files into the database."),
     "phases": Entry("workflows", "phases", "List every phase with its rule and validation status."),
     "graph": Entry("workflows", "graph", "Draw the dependency graph (text, dot, mermaid)."),
+    "next": Entry("next", "next_fires", "The next fire times of each cron phase (or of one)."),
     "render": Entry("tryout", "render", "Show the command and environment a run of TASK gets."),
     "test": Entry("tryout", "test_cmd", "Run TASK once in the foreground, recording nothing."),
     "run": Entry("runs", "run", "Run the scheduler (--once: one pass to the end)."),
