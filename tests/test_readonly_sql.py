@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from scheduler.cli import main
+from scheduler.errors import StoreError
 from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import LogRow, NewExecution, Trigger
@@ -310,3 +311,10 @@ def test_a_select_only_role_cannot_reach_the_server(seeded: Database, readonly_u
         assert reader.run_sql("SELECT COUNT(*) FROM executions").rows == [(1,)]
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://u@h/x", "postgresql+pg8000://u@h/x",
+                                 "mysql+pymysql://u@h/x"])
+def test_drivers_that_cannot_keep_the_promise_are_refused(url: str) -> None:
+    with pytest.raises(StoreError, match="read-only queries"):
+        ReadOnlyDatabase(url)

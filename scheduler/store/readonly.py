@@ -166,6 +166,9 @@ def _make_engine(url: str, timeout_s: float) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed.database or "")
     if parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() != "psycopg":  # the one-statement rule is psycopg's
+            raise StoreError(url, "read-only queries on PostgreSQL need the psycopg driver:"
+                                  " use a postgresql+psycopg:// URL")
         return _postgresql_engine(url, timeout_s)
     raise StoreError(url, "read-only queries need SQLite or PostgreSQL")
 
