@@ -381,7 +381,13 @@ def _history_table(rows: list[history.Execution]) -> None:
 @click.option("--search", "words", metavar="TEXT", help="Search all stored output for words.")
 @click.option("--since", metavar="TIME", help="--search: lines from TIME (or a duration ago).")
 @click.option("--until", metavar="TIME", help="--search: lines before TIME.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="--search: at most this many lines, newest first.",
+)
 @config_option
 @json_option
 def logs(
