@@ -99,9 +99,7 @@ def workflow_detail(request: Request) -> Response:
             raise BadRequest(f"no workflow file {key!r}", 404)
         specs = [spec_from_row(r) for r in phase_rows(conn, key)]
         last = browse.last_of_file(conn, key)
-        cells = browse.newest_cells(
-            conn, key, [s.task for s in specs][:GRID_PHASES], GRID_TIMES
-        )
+        cells = browse.newest_cells(conn, key, [s.task for s in specs][:GRID_PHASES], GRID_TIMES)
     source = _source(context.config.workflows, key)
     dependency = graph.build(specs)
     status = {
