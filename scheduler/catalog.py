@@ -10,23 +10,34 @@ the others; a file's row and its phases always commit in the same transaction.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler import graph
 from scheduler.clock import Clock
 from scheduler.errors import RuleError, WorkflowError
-from scheduler.loader import FileLoad, WorkflowSource, md5_hex, parse_bytes, read_source
+from scheduler.loader import (
+    FileLoad,
+    SourceFile,
+    WorkflowSource,
+    md5_hex,
+    parse_bytes,
+    read_source,
+)
 from scheduler.rules import parse_rule
 from scheduler.store.db import Database
 from scheduler.store.workflows import (
     FileRow,
+    FileStat,
+    LoadedFile,
     PhaseRow,
     file_rows,
     mark_broken,
     phase_rows,
+    record_stats,
     remove_file,
-    replace_file,
+    store_files,
 )
 from scheduler.validation import PhaseSpec, Severity, validate_file
 
@@ -57,6 +68,7 @@ class _Update:
     load: FileLoad
     rows: tuple[PhaseRow, ...]
     known: bool  # the store has a row for this file already
+    stat: FileStat  # what stat said before the file was read
 
 
 class Catalog:
@@ -71,67 +83,93 @@ class Catalog:
         return self.path.is_dir()
 
     def refresh(self) -> RefreshResult:
-        """Bring the store in step with the files; raises WorkflowError if the path is gone."""
+        """Bring the store in step with the files; raises WorkflowError if the path is gone.
+
+        Stat first: a file whose size and modification time match what the store remembers is
+        not read. One whose stat changed is read and hashed, and reloaded only if its md5 did.
+        """
         if not self.path.exists():
             raise WorkflowError(str(self.path), "no such file or folder")
-        present = WorkflowSource(self.path).files()
+        present = WorkflowSource(self.path).scan()
         with self.db.read() as conn:
             known = file_rows(conn)
-        updates = [
-            update
-            for key, path in present.items()
-            if (update := self._read_if_changed(key, path, known.get(key))) is not None
-        ]
+        scanned_ns = time.time_ns()
+        updates: list[_Update] = []
+        restat: dict[str, FileStat] = {}
+        for key, found in present.items():
+            stored = known.get(key)
+            if stored is not None and _same_stat(stored, found):
+                continue
+            stat = _trusted_stat(found, scanned_ns)
+            update = self._read_if_changed(found, stored, stat)
+            if update is not None:
+                updates.append(update)
+            elif stored is not None and (stored.file_size, stored.file_mtime_ns) != (
+                stat.size,
+                stat.mtime_ns,
+            ):
+                restat[key] = stat
         removed = [key for key in known if key not in present]
-        self._write(updates, removed)
+        self._write(updates, removed, restat)
         changed = [update.load.file_path for update in updates]
         errors = [(u.load.file_path, u.load.error) for u in updates if u.load.error]
         if changed or removed:
             log.info("workflows refreshed: %s", ", ".join(changed + ["-" + k for k in removed]))
         return RefreshResult(tuple(changed), tuple(removed), tuple(errors))
 
-    def _read_if_changed(self, key: str, path: Path, stored: FileRow | None) -> _Update | None:
-        """Read, parse and validate ``path`` unless its md5 matches ``stored``; else None."""
+    def _read_if_changed(
+        self, found: SourceFile, stored: FileRow | None, stat: FileStat
+    ) -> _Update | None:
+        """Read, parse and validate ``found`` unless its md5 matches ``stored``; else None."""
+        key = found.key
         try:
-            data, modified = read_source(path)
+            data, modified = read_source(found.path)
         except OSError as exc:
             load = FileLoad(key, "", None, error=f"cannot read: {exc.strerror or exc}")
             if stored is not None and (stored.file_hash, stored.error) == ("", load.error):
                 return None  # still unreadable the same way: nothing changed
-            return _Update(load, (), stored is not None)
+            return _Update(load, (), stored is not None, stat)
         if stored is not None and stored.file_hash == md5_hex(data):
             return None
         load = parse_bytes(key, data, modified)
         if load.error:
-            return _Update(load, (), stored is not None)
+            return _Update(load, (), stored is not None, stat)
         rows = tuple(_row(spec) for spec in validate_file(load.file_path, load.phases))
-        return _Update(load, rows, stored is not None)
+        return _Update(load, rows, stored is not None, stat)
 
-    def _write(self, updates: list[_Update], removed: list[str]) -> None:
-        """Store the updates, up to FILES_PER_TRANSACTION files per transaction, then removals.
+    def _write(
+        self, updates: list[_Update], removed: list[str], restat: dict[str, FileStat]
+    ) -> None:
+        """Store the updates, up to FILES_PER_TRANSACTION files per transaction, then removals
+        and the new stat of files read again unchanged.
 
         A file's row and phases always commit together (never split over two transactions);
         batching files only saves a commit per file, which dominates a cold load.
         """
         now = self.clock.now()
         for start in range(0, len(updates), FILES_PER_TRANSACTION):
+            batch = updates[start : start + FILES_PER_TRANSACTION]
             with self.db.write() as conn:
-                for update in updates[start : start + FILES_PER_TRANSACTION]:
+                for update in batch:
                     load = update.load
                     if load.error:
                         log.warning("workflow %s: %s", load.file_path, load.error)
                         mark_broken(
-                            conn, load.file_path, load.file_hash, load.last_modified, load.error
+                            conn,
+                            load.file_path,
+                            load.file_hash,
+                            load.last_modified,
+                            load.error,
+                            update.stat,
                         )
-                        continue
-                    replace_file(
-                        conn, load.file_path, load.file_hash, load.last_modified, update.rows,
-                        now, known=update.known,
-                    )
-        if removed:
+                loaded = [_loaded(update) for update in batch if not update.load.error]
+                if loaded:
+                    store_files(conn, loaded, now)
+        if removed or restat:
             with self.db.write() as conn:
                 for key in removed:
                     remove_file(conn, key)
+                record_stats(conn, restat)
 
     def phases(self) -> list[PhaseSpec]:
         """Every stored phase, by file then task."""
@@ -162,6 +200,25 @@ class Catalog:
         self.db.close()
 
 
+# A file modified this close to the scan may change again within the same timestamp tick
+# unseen (git's "racily clean" case): its stat is not trusted, so the next refresh reads it.
+RACY_NS = 2_000_000_000
+
+
+def _same_stat(stored: FileRow, found: SourceFile) -> bool:
+    return (
+        stored.file_mtime_ns is not None
+        and found.size >= 0
+        and stored.file_size == found.size
+        and stored.file_mtime_ns == found.mtime_ns
+    )
+
+
+def _trusted_stat(found: SourceFile, scanned_ns: int) -> FileStat:
+    racy = found.size < 0 or scanned_ns - found.mtime_ns < RACY_NS
+    return FileStat(found.size, None if racy else found.mtime_ns)
+
+
 def depends_on_matches(depends_on: str, parent_task: str) -> bool:
     """flowlord's rule: ``topic`` matches any job of the topic, ``topic:job`` only that job."""
     if not depends_on:
@@ -187,6 +244,13 @@ def spec_from_row(row: PhaseRow) -> PhaseSpec:
         rule=rule,
         status=row.status,
         severity=Severity(row.severity),
+    )
+
+
+def _loaded(update: _Update) -> LoadedFile:
+    load = update.load
+    return LoadedFile(
+        load.file_path, load.file_hash, load.last_modified, update.rows, update.known, update.stat
     )
 
 

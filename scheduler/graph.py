@@ -55,13 +55,16 @@ def build(phases: Iterable[PhaseLike]) -> nx.DiGraph:
     phases = list(phases)
     index = ParentIndex(phases)
     graph: nx.DiGraph = nx.DiGraph()
-    for phase in phases:
-        graph.add_node((phase.file_path, phase.task), depends_on=phase.depends_on)
-    for phase in phases:
-        if not phase.depends_on:
-            continue
-        for parent in index.parents(phase.file_path, phase.depends_on):
-            graph.add_edge((phase.file_path, parent), (phase.file_path, phase.task))
+    # In bulk: the per-call overhead of add_node/add_edge dominated a cold load of many files.
+    graph.add_nodes_from(
+        ((phase.file_path, phase.task), {"depends_on": phase.depends_on}) for phase in phases
+    )
+    graph.add_edges_from(
+        ((phase.file_path, parent), (phase.file_path, phase.task))
+        for phase in phases
+        if phase.depends_on
+        for parent in index.parents(phase.file_path, phase.depends_on)
+    )
     return graph
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import tomli
 
 from scheduler.rules import query_pairs
 
@@ -54,6 +55,16 @@ class FileLoad:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A workflow file found on disk, with what ``stat`` said of it when it was found."""
+
+    key: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
 @dataclass(frozen=True)
 class WorkflowSource:
     """Where workflows live: a folder (read recursively) or a single file."""
@@ -66,18 +77,51 @@ class WorkflowSource:
 
     def files(self) -> dict[str, Path]:
         """Every workflow file now present, by key, in key order."""
+        return {key: Path(found.path) for key, found in self.scan().items()}
+
+    def scan(self) -> dict[str, SourceFile]:
+        """Every workflow file now present with its size and modification time, by key, in key
+        order. One ``stat`` per file and no reads: refresh decides from these what to read."""
         if not self.is_dir:
-            return {self.path.name: self.path} if self.path.exists() else {}
-        found = {file_key(self.path, p): p for p in _walk_toml(self.path)}
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                return {}
+            name = self.path.name
+            return {name: SourceFile(name, os.fspath(self.path), st.st_size, st.st_mtime_ns)}
+        found = {f.key: f for f in _scan_toml(os.fspath(self.path))}
         return dict(sorted(found.items()))
 
 
-def _walk_toml(root: Path) -> Iterator[Path]:
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.endswith(".toml") and not name.startswith("."):
-                yield Path(folder, name)
+def _scan_toml(root: str) -> Iterator[SourceFile]:
+    """Walk ``root`` on plain strings (no path objects: a refresh of many files is mostly this).
+
+    Hidden files and folders are skipped. A key is the path below ``root`` unless ``root``'s last
+    segment appears again below it, where ``file_key``'s embedded-root rule decides.
+    """
+    root_name = _segments(root)[-1] if _segments(root) else ""
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # a folder that vanished or can't be listed holds no workflows now
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):  # as os.walk: links to folders not followed
+                    stack.append((entry.path, f"{prefix}{name}/"))
+                    continue
+            except OSError:
+                continue  # removed between listing and the check: gone for this refresh
+            if name.endswith(".toml"):
+                key = prefix + name
+                if root_name and root_name in key.split("/")[:-1]:
+                    key = file_key(root, entry.path)
+                yield _found(key, entry)
 
 
 def file_key(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
@@ -103,21 +147,32 @@ def md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def read_source(path: Path) -> tuple[bytes, datetime]:
+def _found(key: str, entry: os.DirEntry[str]) -> SourceFile:
+    try:
+        st = entry.stat()
+    except OSError:  # a dangling link: listed, so that reading it reports the error
+        return SourceFile(key, entry.path, -1, -1)
+    return SourceFile(key, entry.path, st.st_size, st.st_mtime_ns)
+
+
+def read_source(path: str | os.PathLike[str]) -> tuple[bytes, datetime]:
     """A workflow file's bytes and modification time (UTC); raises OSError."""
-    data = path.read_bytes()
-    return data, datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    with open(path, "rb") as handle:
+        data = handle.read()
+        mtime = os.fstat(handle.fileno()).st_mtime
+    return data, datetime.fromtimestamp(mtime, UTC)
 
 
 def parse_bytes(key: str, data: bytes, modified: datetime | None = None) -> FileLoad:
     """Parse a workflow file's bytes. Never raises: problems land in ``error``."""
     digest = md5_hex(data)
     try:
+        # tomli: tomllib's parser, compiled (twice as fast on a cold load of many files).
         # utf-8-sig: a byte order mark (as some editors write) is not part of the text.
-        document = tomllib.loads(data.decode("utf-8-sig"))
+        document = tomli.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         return FileLoad(key, digest, modified, error=f"not UTF-8 text: byte {exc.start}")
-    except tomllib.TOMLDecodeError as exc:
+    except tomli.TOMLDecodeError as exc:
         return FileLoad(key, digest, modified, error=f"invalid TOML: {exc}")
     except RecursionError:  # tomllib recurses per nesting level
         return FileLoad(key, digest, modified, error="invalid TOML: nested too deeply")

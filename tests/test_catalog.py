@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
+from scheduler import catalog as catalog_module
 from scheduler.catalog import Catalog, depends_on_matches
 from scheduler.errors import WorkflowError
+from scheduler.loader import read_source
 from scheduler.store.db import Database
 from scheduler.store.workflows import PhaseRow, file_rows, phase_rows, replace_file
 from tests.conftest import ManualClock, WriteWorkflow
@@ -165,6 +169,91 @@ def test_touched_but_identical_file_is_not_reloaded(
     catalog.refresh()
     write_workflow("f2.toml", F2)
     assert catalog.refresh().keys == []
+
+
+HOUR_NS = 3600 * 10**9
+
+
+def _age(path: Path, by_ns: int = HOUR_NS) -> int:
+    """Set ``path``'s modification time ``by_ns`` into the past (out of the racy window)."""
+    mtime = time.time_ns() - by_ns
+    os.utime(path, ns=(mtime, mtime))
+    return mtime
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths refresh reads, in order (a seam around the catalog's file reader)."""
+    seen: list[str] = []
+
+    def counting(path: str) -> tuple[bytes, object]:
+        seen.append(os.path.basename(path))
+        return read_source(path)
+
+    monkeypatch.setattr(catalog_module, "read_source", counting)
+    return seen
+
+
+def test_refresh_reads_only_files_whose_stat_changed(
+    catalog: Catalog, flowlord_folder: Path, write_workflow: WriteWorkflow, reads: list[str]
+) -> None:
+    for path in flowlord_folder.glob("*.toml"):
+        _age(path)
+    catalog.refresh()
+    assert sorted(reads) == ["f1.toml", "f2.toml", "f3.toml", "jobs.toml"]
+    reads.clear()
+    # nothing changed: stat alone decides, no file is opened
+    assert catalog.refresh().keys == []
+    assert reads == []
+    # one file edited: only it is read
+    _age(write_workflow("f2.toml", F2 + "\n# edited\n"), by_ns=HOUR_NS // 2)
+    assert catalog.refresh().keys == ["f2.toml"]
+    assert reads == ["f2.toml"]
+
+
+def test_touched_identical_file_is_read_once_then_trusted_again(
+    catalog: Catalog, flowlord_folder: Path, reads: list[str]
+) -> None:
+    for path in flowlord_folder.glob("*.toml"):
+        _age(path)
+    catalog.refresh()
+    _age(flowlord_folder / "f2.toml", by_ns=HOUR_NS // 2)  # touched, same bytes
+    reads.clear()
+    assert catalog.refresh().keys == []
+    assert reads == ["f2.toml"]  # read and hashed: same md5, so no reload, new stat kept
+    reads.clear()
+    assert catalog.refresh().keys == []
+    assert reads == []
+
+
+def test_a_change_that_keeps_size_and_mtime_is_seen_while_the_file_is_fresh(
+    catalog: Catalog, db: Database, workflow_dir: Path, write_workflow: WriteWorkflow
+) -> None:
+    # given a file written just now (within the racy window of the refresh that reads it)
+    path = write_workflow("w.toml", '[[phase]]\ntask = "aaaa"\nrule = "cron=0 0 * * *"\n')
+    catalog.refresh()
+    stat = os.stat(path)
+    # when its content changes without changing its size, and its mtime is put back
+    path.write_text('[[phase]]\ntask = "bbbb"\nrule = "cron=0 0 * * *"\n', encoding="utf-8")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size
+    # then the next refresh still reads it: a fresh stat is never trusted
+    assert catalog.refresh().keys == ["w.toml"]
+    assert stored_tasks(db, "w.toml") == ["bbbb"]
+
+
+def test_an_old_stat_is_stored_and_a_fresh_one_is_not(
+    catalog: Catalog, db: Database, flowlord_folder: Path
+) -> None:
+    aged = _age(flowlord_folder / "f1.toml")
+    catalog.refresh()
+    with db.read() as conn:
+        rows = file_rows(conn)
+    assert (rows["f1.toml"].file_size, rows["f1.toml"].file_mtime_ns) == (
+        (flowlord_folder / "f1.toml").stat().st_size,
+        aged,
+    )
+    assert rows["f2.toml"].file_mtime_ns is None  # written by the fixture a moment ago
 
 
 def test_broken_file_keeps_last_good_phases_and_records_error(

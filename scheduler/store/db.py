@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
@@ -84,6 +84,22 @@ def _file_reports_v6(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _workflow_file_stat_v7(conn: Connection) -> None:
+    """workflow_files remembers each file's size and modification time, so a refresh reads and
+    hashes only the files whose stat changed."""
+    add_missing_columns(conn, schema.workflow_files)
+
+
+def add_missing_columns(conn: Connection, table: Table) -> None:
+    """Add the columns ``table`` declares that the database's table lacks (nullable ones only:
+    what a later version adds to a released table)."""
+    present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -92,6 +108,7 @@ MIGRATIONS: list[Migration] = [
     _lease_and_alert_index_v4,
     _phase_stats_v5,
     _file_reports_v6,
+    _workflow_file_stat_v7,
 ]
 
 

@@ -35,6 +35,10 @@ workflow_files = Table(
     Column("loaded_at", String(32)),
     Column("last_modified", String(32)),
     Column("error", Text, nullable=False, server_default=""),
+    # What stat said when the file was last read; refresh re-reads a file only when they differ.
+    # NULL: unknown, or too recent to trust (racy), so the next refresh reads and hashes it.
+    Column("file_size", BigInteger),
+    Column("file_mtime_ns", BigInteger),
 )
 
 workflow_phases = Table(

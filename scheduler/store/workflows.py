@@ -6,11 +6,12 @@ update (its row and all its phases) commits or rolls back as one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from scheduler.store.schema import phase_state, workflow_files, workflow_phases
 from scheduler.tasktime import iso
@@ -39,11 +40,40 @@ class FileRow:
     loaded_at: str | None
     last_modified: str | None
     error: str
+    file_size: int | None = None
+    file_mtime_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What stat said of a file when it was read: ``mtime_ns`` None when too recent to trust."""
+
+    size: int
+    mtime_ns: int | None
+
+
+_FILE_COLUMNS = [workflow_files.c[name] for name in FileRow.__dataclass_fields__]
 
 
 def file_rows(conn: Connection) -> dict[str, FileRow]:
-    rows = conn.execute(select(workflow_files).order_by(workflow_files.c.file_path))
-    return {row.file_path: FileRow(**row._mapping) for row in rows}
+    rows = conn.execute(select(*_FILE_COLUMNS).order_by(workflow_files.c.file_path)).all()
+    return {row[0]: FileRow(*row) for row in rows}
+
+
+def record_stats(conn: Connection, stats: dict[str, FileStat]) -> None:
+    """Store the stat of files read again whose content had not changed (no reload)."""
+    if not stats:
+        return
+    where = workflow_files.c.file_path == bindparam("key")
+    statement = (
+        update(workflow_files)
+        .where(where)
+        .values(file_size=bindparam("size"), file_mtime_ns=bindparam("mtime_ns"))
+    )
+    conn.execute(
+        statement,
+        [{"key": k, "size": s.size, "mtime_ns": s.mtime_ns} for k, s in stats.items()],
+    )
 
 
 def phase_rows(conn: Connection, file_path: str | None = None) -> list[PhaseRow]:
@@ -51,6 +81,22 @@ def phase_rows(conn: Connection, file_path: str | None = None) -> list[PhaseRow]
     if file_path is not None:
         query = query.where(workflow_phases.c.file_path == file_path)
     return [PhaseRow(**row._mapping) for row in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    """A file that loaded, ready to store in place of what the store had for it.
+
+    ``known=False`` promises the store has no row for ``file_path`` yet (the caller read
+    ``workflow_files``), so there is nothing to delete first.
+    """
+
+    file_path: str
+    file_hash: str
+    last_modified: datetime | None
+    phases: tuple[PhaseRow, ...]
+    known: bool = True
+    stat: FileStat | None = None
 
 
 def replace_file(
@@ -62,27 +108,67 @@ def replace_file(
     now: datetime,
     *,
     known: bool = True,
+    stat: FileStat | None = None,
 ) -> None:
-    """Store a file that loaded: its row, and exactly these phases in place of its old ones.
+    """Store one file that loaded: its row, and exactly these phases in place of its old ones."""
+    store_files(
+        conn, [LoadedFile(file_path, file_hash, last_modified, tuple(phases), known, stat)], now
+    )
 
-    ``known=False`` promises the store has no row for ``file_path`` yet (the caller read
-    ``workflow_files``), so there is nothing to delete first: a cold load skips three
-    statements per file.
+
+def store_files(conn: Connection, files: Sequence[LoadedFile], now: datetime) -> None:
+    """Store files that loaded, each with exactly its phases in place of its old ones.
+
+    New files cost two statements in all (one insert of every file row, one of every phase),
+    whatever their number: a cold load is mostly this.
     """
-    rows = [vars(phase) for phase in phases]
-    if known:
-        conn.execute(delete(workflow_files).where(workflow_files.c.file_path == file_path))
-        conn.execute(delete(workflow_phases).where(workflow_phases.c.file_path == file_path))
-        # Forget scheduling state of phases the file no longer has; keep it for those it kept.
-        kept = [row["task"] for row in rows]
-        conn.execute(
-            delete(phase_state).where(
-                phase_state.c.file_path == file_path, phase_state.c.task.not_in(kept)
-            )
+    for file in files:
+        if file.known:
+            _forget_file(conn, file.file_path, kept=[phase.task for phase in file.phases])
+    loaded_at = iso(now)
+    conn.execute(
+        _INSERT_FILE,
+        [
+            {
+                "file_path": f.file_path,
+                "file_hash": f.file_hash,
+                "loaded_at": loaded_at,
+                "last_modified": iso(f.last_modified) if f.last_modified else None,
+                "error": "",
+                **_stat_values(f.stat),
+            }
+            for f in files
+        ],
+    )
+    phases = [_phase_values(phase) for file in files for phase in file.phases]
+    if phases:
+        # Straight to the driver: SQLAlchemy's per-row parameter building was most of the cost.
+        conn.exec_driver_sql(_insert_phases_sql(conn), phases)
+
+
+_INSERT_FILE = insert(workflow_files)
+_PHASE_COLUMNS = list(PhaseRow.__dataclass_fields__)
+_phase_values = attrgetter(*_PHASE_COLUMNS)  # a PhaseRow as a tuple in column order
+
+
+def _insert_phases_sql(conn: Connection) -> str:
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return (
+        f"INSERT INTO workflow_phases ({', '.join(_PHASE_COLUMNS)}) "
+        f"VALUES ({', '.join([mark] * len(_PHASE_COLUMNS))})"
+    )
+
+
+def _forget_file(conn: Connection, file_path: str, kept: list[str]) -> None:
+    """Delete a file's row and phases before they are stored anew; its phases' scheduling
+    state stays for the tasks it kept."""
+    conn.execute(delete(workflow_files).where(workflow_files.c.file_path == file_path))
+    conn.execute(delete(workflow_phases).where(workflow_phases.c.file_path == file_path))
+    conn.execute(
+        delete(phase_state).where(
+            phase_state.c.file_path == file_path, phase_state.c.task.not_in(kept)
         )
-    _insert_file_row(conn, file_path, file_hash, last_modified, now)
-    if rows:
-        conn.execute(insert(workflow_phases), rows)
+    )
 
 
 def mark_broken(
@@ -91,12 +177,14 @@ def mark_broken(
     file_hash: str,
     last_modified: datetime | None,
     error: str,
+    stat: FileStat | None = None,
 ) -> None:
     """Record that a file no longer loads; its last good phases and loaded_at stay as they were."""
     values = {
         "file_hash": file_hash,
         "last_modified": iso(last_modified) if last_modified else None,
         "error": error,
+        **_stat_values(stat),
     }
     where = workflow_files.c.file_path == file_path
     if conn.execute(update(workflow_files).where(where).values(values)).rowcount == 0:
@@ -109,20 +197,7 @@ def remove_file(conn: Connection, file_path: str) -> None:
         conn.execute(delete(table).where(table.c.file_path == file_path))
 
 
-def _insert_file_row(
-    conn: Connection,
-    file_path: str,
-    file_hash: str,
-    last_modified: datetime | None,
-    now: datetime,
-) -> None:
-    # After a delete (or for a new file) a plain insert: an upsert that reads the same everywhere.
-    conn.execute(
-        insert(workflow_files).values(
-            file_path=file_path,
-            file_hash=file_hash,
-            loaded_at=iso(now),
-            last_modified=iso(last_modified) if last_modified else None,
-            error="",
-        )
-    )
+def _stat_values(stat: FileStat | None) -> dict[str, int | None]:
+    if stat is None:
+        return {"file_size": None, "file_mtime_ns": None}
+    return {"file_size": stat.size, "file_mtime_ns": stat.mtime_ns}
