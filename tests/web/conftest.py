@@ -4,8 +4,8 @@ behaves as a browser does (keeps cookies, sends the CSRF token it was given)."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
