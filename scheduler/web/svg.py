@@ -16,9 +16,12 @@ from markupsafe import Markup, escape
 STATUS_ORDER = ("complete", "warn", "error", "alert", "skipped", "cancelled", "running", "queued")
 
 
-def _svg(width: float, height: float, body: str, label: str, css: str = "chart") -> Markup:
+def _svg(
+    width: float, height: float, body: str, label: str, css: str = "chart", sized: bool = False
+) -> Markup:
+    size = f'width="{width:.0f}" height="{height:.0f}" ' if sized else ""
     return Markup(
-        f'<svg class="{css}" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
+        f'<svg class="{css}" {size}viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>'
     )
 
@@ -157,7 +160,9 @@ def dag(graph: nx.DiGraph, status: Mapping[Any, str], href: Mapping[Any, str]) -
         )
     width = (max(columns) + 1) * (box_w + gap_x)
     height = max(len(v) for v in columns.values()) * (box_h + gap_y)
-    return _svg(width, height, "".join(parts), "dependency graph", "chart graph")
+    # Drawn at its own size inside a scrolling box: scaled to the page, a wide graph's labels
+    # would shrink out of reading.
+    return _svg(width, height, "".join(parts), "dependency graph", "chart graph", sized=True)
 
 
 def _layers(graph: nx.DiGraph) -> dict[Any, int]:
