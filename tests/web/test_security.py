@@ -223,3 +223,10 @@ def test_web_serves_the_app_on_the_configured_address(
     assert (served["host"], served["port"]) == ("0.0.0.0", 9123)
     assert "http://0.0.0.0:9123/" in capsys.readouterr().out
     served["app"].state.ctx.close()  # type: ignore[attr-defined]
+
+
+def test_an_oversized_body_is_refused(client: TestClient) -> None:
+    response = client.post(
+        "/api/sql", content=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413 and response.json() == {"error": "request body too large"}
