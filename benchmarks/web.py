@@ -76,15 +76,45 @@ def urls(newest_id: int) -> list[tuple[str, float]]:
     old = max(1, newest_id // 2)
     """Every page and API listing, with its target in milliseconds."""
     pages = [
-        "/", "/runs", "/runs?status=error", "/runs?task=topic500:job",
-        "/runs?trigger=cron&since=2024-02-10", f"/runs?before={old}",
-        f"/runs/{newest_id - 10}", f"/runs/{newest_id - 10}/log?after=-1", "/workflows",
-        "/workflows/file7.toml", "/phases/topic7:job?file=file7.toml", "/alerts", "/files",
-        "/about", "/sql", "/backfill", "/fragments/running", "/edit/text?file=file7.toml",
-        "/api/runs", "/api/runs?status=error&limit=200", f"/api/runs/{newest_id - 10}",
-        "/api/phases", "/api/next", "/info", "/healthz",
+        "/",
+        "/runs",
+        "/runs?status=error",
+        "/runs?task=topic500:job",
+        "/runs?trigger=cron&since=2024-02-10",
+        f"/runs?before={old}",
+        f"/runs/{newest_id - 10}",
+        f"/runs/{newest_id - 10}/log?after=-1",
+        "/workflows",
+        "/workflows/file7.toml",
+        "/phases/topic7:job?file=file7.toml",
+        "/alerts",
+        "/files",
+        "/about",
+        "/sql",
+        "/backfill",
+        "/fragments/running",
+        "/edit/text?file=file7.toml",
+        "/api/runs",
+        "/api/runs?status=error&limit=200",
+        f"/api/runs/{newest_id - 10}",
+        "/api/phases",
+        "/api/next",
+        "/info",
+        "/healthz",
     ]
     return [(u, PAGE_MS) for u in pages] + [("/metrics", METRICS_MS)]
+
+
+def metrics_uncached(client: TestClient, repeat: int) -> float:
+    """/metrics with its cache emptied before every run: the database reads and rendering."""
+    cache = client.app.state.ctx.metrics  # type: ignore[attr-defined]
+    times = []
+    for _ in range(repeat):
+        cache.read_at = float("-inf")
+        start = time.perf_counter()
+        client.get("/metrics")
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def measure(client: TestClient, url: str, repeat: int) -> tuple[float, int]:
@@ -129,19 +159,24 @@ def main() -> None:
 
 def run(client: TestClient, rows: int, repeat: int) -> list[str]:
     assets = sum(len(client.get(a).content) for a in ASSETS)
-    cold = time.perf_counter()
-    client.get("/")
-    print(f"first overview (reads the 90-day heat-map): {(time.perf_counter() - cold) * 1000:.0f} ms")
+    for url, what in (("/", "the 90-day heat-map and today's hours"), ("/metrics", "metrics")):
+        cold = time.perf_counter()
+        client.get(url)
+        ms = (time.perf_counter() - cold) * 1000
+        print(f"first {url} (reads {what}, then cached): {ms:.0f} ms")
     print(f"{'median ms':>10} {'target':>7} {'KB+assets':>10}  verdict  url")
     missed = []
     for url, target in urls(rows):
         ms, size = measure(client, url, repeat)
-        total = size + (assets if not url.startswith(("/api", "/metrics", "/info", "/health"))
-                        else 0)
-        ok = ms <= target and total <= PAGE_BYTES
+        total = size + (
+            assets if not url.startswith(("/api", "/metrics", "/info", "/health")) else 0
+        )
+        ok = ms <= target and (total <= PAGE_BYTES or url == "/metrics")
         print(f"{ms:10.1f} {target:7.0f} {total / 1000:10.1f}  {'ok' if ok else 'MISSED':7}  {url}")
         if not ok:
             missed.append(url)
+    uncached = metrics_uncached(client, repeat)
+    print(f"/metrics uncached (its 5 s cache emptied each time): {uncached:.1f} ms")
     return missed
 
 

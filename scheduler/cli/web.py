@@ -39,7 +39,7 @@ def web(host: str | None, port: int | None, config_path: str | None) -> int:
 
     from scheduler.web.app import create_app
 
-    app = create_app(config)
+    app = create_app(config, warm=True)
     out_console().print(f"tomlflow web on http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return ExitCode.OK

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Connection, case, func, select, text
+from sqlalchemy import ColumnElement, Connection, bindparam, case, func, select, text
 
 from scheduler.store.history import Execution, LogRow, Status, Trigger
 from scheduler.store.schema import (
@@ -25,6 +25,7 @@ from scheduler.store.schema import (
     workflow_files,
     workflow_phases,
 )
+from scheduler.store.views import seconds_between
 from scheduler.tasktime import from_iso, iso
 
 MAX_PAGE = 500
@@ -277,17 +278,19 @@ class Cell:
 def newest_cells(conn: Connection, file_path: str, tasks: list[str], per_task: int) -> list[Cell]:
     """The newest ``per_task`` executions of each of ``tasks`` in ``file_path``: one seek per
     phase down ``ix_executions_phase_id``, newest first overall."""
-    c = executions.c
     cells: list[Cell] = []
     for task in tasks:
-        query = (
-            select(c.id, c.task, c.task_time, c.status)
-            .where(c.file_path == file_path, c.task == task)
-            .order_by(c.id.desc())
-            .limit(per_task)
-        )
-        cells.extend(Cell(*r) for r in conn.execute(query))
+        params = {"f": file_path, "t": task, "n": per_task}
+        cells.extend(Cell(*r) for r in conn.execute(_NEWEST_CELLS, params))
     return sorted(cells, key=lambda cell: cell.id, reverse=True)
+
+
+_NEWEST_CELLS = (
+    select(executions.c.id, executions.c.task, executions.c.task_time, executions.c.status)
+    .where(executions.c.file_path == bindparam("f"), executions.c.task == bindparam("t"))
+    .order_by(executions.c.id.desc())
+    .limit(bindparam("n"))
+)
 
 
 @dataclass(frozen=True)
@@ -313,12 +316,7 @@ def phase_counts(conn: Connection) -> dict[tuple[str, str], PhaseCounts]:
             " cancelled FROM phase_stats"
         )
     )
-    return {
-        (r.file_path, r.task): PhaseCounts(
-            r.runs, r.complete, r.failed, r.warn, r.skipped, r.cancelled
-        )
-        for r in rows
-    }
+    return {(r[0], r[1]): PhaseCounts(*r[2:]) for r in rows}
 
 
 def phase_counts_of(conn: Connection, file_path: str, task: str) -> PhaseCounts:
@@ -405,21 +403,15 @@ def daily_totals(conn: Connection, since: datetime, until: datetime) -> dict[str
 def cron_lateness(conn: Connection, since: datetime, limit: int = 5000) -> list[float]:
     """Seconds from the scheduled time (``not_before`` of a first attempt) to the start of the
     cron executions created since ``since``, at most ``limit`` of them."""
-    c = executions.c
-    query = (
-        select(c.not_before, c.started_at)
-        .where(
-            c.created_at >= iso(since),
-            c.trigger == Trigger.CRON.value,
-            c.attempt == 1,
-            c.started_at.is_not(None),
-        )
-        .limit(limit)
+    seconds = seconds_between(conn.dialect.name, "not_before", "started_at")
+    rows = conn.execute(
+        text(
+            f"SELECT {seconds} FROM executions WHERE created_at >= :since AND trigger = 'cron'"
+            " AND attempt = 1 AND started_at IS NOT NULL LIMIT :n"
+        ),
+        {"since": iso(since), "n": limit},
     )
-    return [
-        max(0.0, (from_iso(started) - from_iso(due)).total_seconds())
-        for due, started in conn.execute(query)
-    ]
+    return [round(max(0.0, float(r[0])), 3) for r in rows]  # julianday is ~10 µs off
 
 
 # -- overview lists ------------------------------------------------------------------------------

@@ -18,10 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from scheduler.catalog import spec_from_row
 from scheduler.errors import TaskNotFound
 from scheduler.graph import topic_of
 from scheduler.store import browse, history
 from scheduler.store.history import FINISHED, Execution, NewExecution
+from scheduler.store.workflows import phase_rows
 from scheduler.tasktime import iso
 from scheduler.web import actions, ops, phases, runs
 from scheduler.web.context import ctx
@@ -79,7 +81,7 @@ def run_json(e: Execution) -> dict[str, Any]:
 def api_phases(request: Request) -> Response:
     context = ctx(request)
     params = request.query_params
-    limit = int_arg(params, "limit", 1000, 1, 5000) or 1000
+    limit = int_arg(params, "limit", 200, 1, 5000) or 200
     offset = int_arg(params, "offset", 0) or 0
     with context.db.read() as conn:
         rows = browse.phase_status_rows(conn, text_arg(params, "file"), limit, offset)
@@ -146,12 +148,13 @@ def api_next(request: Request) -> Response:
     n = int_arg(params, "n", 1, 1, 50) or 1
     task = text_arg(params, "task")
     now = context.clock.now()
-    if task:
-        specs = [actions.find_spec(context, task, text_arg(params, "file"))]
-    else:
-        specs = [s for s in context.catalog.phases() if s.rule and s.rule.cron][:5000]
     with context.db.read() as conn:
         state = browse.paused_and_next(conn)
+        rows = [] if task else [r for r in phase_rows(conn) if "cron" in r.rule]
+    if task:
+        specs = [actions.find_spec(context, task, text_arg(params, "file"))]
+    else:  # only rules that can hold a cron are parsed: a few of a thousand phases
+        specs = [s for s in map(spec_from_row, rows) if s.rule and s.rule.cron]
     result = []
     for spec in specs:
         paused = state.get((spec.file_path, spec.task), (False, None))[0]
@@ -295,27 +298,27 @@ def info(request: Request) -> Response:
     next fire, children and warning."""
     context = ctx(request)
     now = context.clock.now()
-    specs = context.catalog.phases()
     with context.db.read() as conn:
+        rows = phase_rows(conn)
         state = browse.paused_and_next(conn)
+    children: dict[tuple[str, str], list[str]] = {}
+    for row in rows:  # a child names its parent's task, or its topic
+        if row.depends_on:
+            children.setdefault((row.file_path, row.depends_on), []).append(row.task)
     workflow: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        children = [
-            s.task
-            for s in specs
-            if s.file_path == spec.file_path
-            and s.depends_on
-            and (s.depends_on == spec.task or s.depends_on == topic_of(spec.task))
-        ]
+    for row in rows:
+        named = children.get((row.file_path, row.task), [])
+        if ":" in row.task:
+            named = named + children.get((row.file_path, topic_of(row.task)), [])
         entry: dict[str, Any] = {
-            "schedule": [spec.rule_text] if spec.rule_text else [],
-            "child": children,
-            "warning": spec.status,
+            "schedule": [row.rule] if row.rule else [],
+            "child": named,
+            "warning": row.status,
         }
-        nxt = state.get((spec.file_path, spec.task), (False, None))[1]
+        nxt = state.get((row.file_path, row.task), (False, None))[1]
         if nxt is not None:
             entry["next"] = iso(nxt)
-        workflow.setdefault(spec.file_path, {})[spec.task] = entry
+        workflow.setdefault(row.file_path, {})[row.task] = entry
     return JSONResponse(
         {
             "app_name": "tomlflow",

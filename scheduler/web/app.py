@@ -31,9 +31,10 @@ from scheduler.web.security import Guard, SecurityMiddleware
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Config, clock: Clock | None = None) -> Starlette:
+def create_app(config: Config, clock: Clock | None = None, *, warm: bool = False) -> Starlette:
     """The dashboard for ``config``'s database and workflows. Opens (and migrates) the
-    database and loads the workflow files once, as every command does."""
+    database and loads the workflow files once, as every command does. With ``warm``, the
+    overview's 90-day heat-map is read on a background thread at once (``tomlflow web``)."""
     clock = clock or SystemClock()
     db = Database(config.database)
     catalog = Catalog(db, config.workflows, clock)
@@ -65,6 +66,8 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         },
     )
     app.state.ctx = context
+    if warm:
+        context.heat.refresh_later(db, clock.now())
     return app
 
 

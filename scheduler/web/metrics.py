@@ -5,6 +5,7 @@ fires created in the last hour), last success per phase, and the scheduler's hea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -17,7 +18,7 @@ from starlette.routing import Route
 
 from scheduler.store import browse, lease
 from scheduler.tasktime import from_iso
-from scheduler.web.context import WebContext, ctx
+from scheduler.web.context import METRICS_TTL_S, WebContext, ctx
 
 LATENESS_WINDOW = timedelta(hours=1)
 LATENESS_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -97,10 +98,16 @@ def _lateness(values: list[float]) -> Metric:
 
 
 def metrics(request: Request) -> Response:
+    """The metrics, read from the database at most every METRICS_TTL_S."""
     context = ctx(request)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(context))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    cache = context.metrics
+    with cache.lock:
+        if time.monotonic() - cache.read_at > METRICS_TTL_S:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(DatabaseCollector(context))
+            cache.body, cache.read_at = generate_latest(registry), time.monotonic()
+        body = cache.body
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 ROUTES = [Route("/metrics", metrics)]

@@ -70,11 +70,11 @@ def overview(request: Request) -> Response:
         state = scheduler_state(conn, now)
         running, queued = running_now(conn)
         fires = next_fires(conn, now)
-        hours = browse.hourly_counts(conn, midnight, midnight + timedelta(days=1))
+        hours = context.hours.get(conn, now)
         failures = browse.recent_failures(conn, 8)
         alerts = browse.list_alerts(conn, limit=8)
         broken = [f for f in browse.file_summaries(conn) if f.error or f.phase_errors][:20]
-        days = context.heat.get(conn, now)
+        days = context.heat.get(conn, context.db, now)
     labels = [f"{midnight.date().isoformat()}T{h:02d}" for h in range(24)]
     bars = [(f"{label[-2:]}:00", hours.counts.get(label, {})) for label in labels]
     return page(

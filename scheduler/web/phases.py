@@ -19,7 +19,7 @@ from scheduler.store.workflows import phase_rows
 from scheduler.validation import PhaseSpec
 from scheduler.web import actions, cronwords, svg
 from scheduler.web.context import WebContext, ctx
-from scheduler.web.render import BadRequest, page, text_arg, time_arg
+from scheduler.web.render import BadRequest, page, seconds, text_arg, time_arg
 
 NEXT_COUNT = 10
 TREND_RUNS = 100
@@ -53,11 +53,11 @@ def rule_words(spec: PhaseSpec, default_tz: str) -> list[str]:
         )
     if spec.retry:
         words.append(
-            f"retries {spec.retry} time(s), {rule.retry_delay} apart"
+            f"retries {spec.retry} time(s), {seconds(rule.retry_delay.total_seconds())} apart"
             f"{' (doubling)' if rule.retry_backoff.value == 'exponential' else ''}"
         )
     if rule.timeout:
-        words.append(f"killed after {rule.timeout}")
+        words.append(f"killed after {seconds(rule.timeout.total_seconds())}")
     if rule.is_batch:
         words.append("runs as a batch (for/by/meta)")
     return words

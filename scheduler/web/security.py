@@ -36,7 +36,7 @@ CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 SESSION_COOKIE = "tomlflow_session"
 OPEN_PATHS = ("/healthz", "/login", "/static/")
-_MAX_FORM = 2 * 1024 * 1024
+_MAX_BODY = 2 * 1024 * 1024  # a form, a workflow file's text, a JSON call
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ class SecurityMiddleware:
             return
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             body = await _read_body(receive)
+            if body is None:
+                await _json_or_text(413, "request body too large", scope, receive, send)
+                return
             problem = self._refusal(request.headers, csrf if not fresh else "", body)
             if problem:
                 await _json_or_text(403, problem, scope, receive, send)
@@ -137,18 +140,18 @@ def _form_field(headers: Headers, body: bytes, name: str) -> str:
     return ""
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when it is larger than _MAX_BODY."""
     chunks, size = [], 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > _MAX_FORM:
-            break
+        if size > _MAX_BODY:
+            return None
         chunks.append(chunk)
         if not message.get("more_body"):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
 def _replay(body: bytes) -> Receive:

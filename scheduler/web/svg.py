@@ -16,16 +16,19 @@ from markupsafe import Markup, escape
 STATUS_ORDER = ("complete", "warn", "error", "alert", "skipped", "cancelled", "running", "queued")
 
 
-def _svg(width: float, height: float, body: str, label: str) -> Markup:
+def _svg(
+    width: float, height: float, body: str, label: str, css: str = "chart", sized: bool = False
+) -> Markup:
+    size = f'width="{width:.0f}" height="{height:.0f}" ' if sized else ""
     return Markup(
-        f'<svg class="chart" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
+        f'<svg class="{css}" {size}viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>'
     )
 
 
 def histogram(hours: Sequence[tuple[str, Mapping[str, int]]], label: str) -> Markup:
     """Stacked bars, one per (label, counts by status), coloured by status (CSS classes)."""
-    width, height, gap = 24 * 20, 80, 2
+    width, height, gap, axis = 24 * 20, 80, 2, 12
     bar = width / max(1, len(hours))
     top = max([sum(c.values()) for _, c in hours] + [1])
     parts = []
@@ -42,7 +45,12 @@ def histogram(hours: Sequence[tuple[str, Mapping[str, int]]], label: str) -> Mar
                 f'width="{bar - gap:.1f}" height="{h:.1f}"><title>{escape(name)}: '
                 f"{n} {status}</title></rect>"
             )
-    return _svg(width, height, "".join(parts), label)
+    for i in range(0, len(hours), 6):
+        parts.append(
+            f'<text class="axis" x="{i * bar + 1:.1f}" y="{height + axis - 1}">'
+            f"{escape(hours[i][0])}</text>"
+        )
+    return _svg(width, height + axis, "".join(parts), label)
 
 
 def heatmap(days: Mapping[str, int], last: date, count: int = 90) -> Markup:
@@ -64,7 +72,8 @@ def heatmap(days: Mapping[str, int], last: date, count: int = 90) -> Markup:
             )
         day += timedelta(days=1)
     weeks = (last - start).days // 7 + 1
-    return _svg(weeks * cell, 7 * cell, "".join(parts), f"runs per day, last {count} days")
+    label = f"runs per day, last {count} days"
+    return _svg(weeks * cell, 7 * cell, "".join(parts), label, "chart heat")
 
 
 def trend(runs: Sequence[tuple[float | None, str, int]], label: str) -> Markup:
@@ -100,7 +109,7 @@ def gantt(spans: Sequence[Span], now: datetime) -> Markup:
     low = min(s.start for s in timed if s.start)
     high = max((s.end or now) for s in timed)
     total = max((high - low).total_seconds(), 0.001)
-    width, row, parts = 600, 18, []
+    width, row, parts = 900, 18, []
     for i, span in enumerate(spans):
         if span.start is None:
             continue
@@ -113,7 +122,8 @@ def gantt(spans: Sequence[Span], now: datetime) -> Markup:
             f'width="{w:.1f}" height="{row - 6}"><title>{escape(span.label)} '
             f"{escape(span.status)}</title></rect></a>"
         )
-    return _svg(width, max(row, len(spans) * row), "".join(parts), "the chain over time")
+    height = max(row, len(spans) * row)
+    return _svg(width, height, "".join(parts), "the chain over time", "chart gantt")
 
 
 def dag(graph: nx.DiGraph, status: Mapping[Any, str], href: Mapping[Any, str]) -> Markup:
@@ -150,7 +160,9 @@ def dag(graph: nx.DiGraph, status: Mapping[Any, str], href: Mapping[Any, str]) -
         )
     width = (max(columns) + 1) * (box_w + gap_x)
     height = max(len(v) for v in columns.values()) * (box_h + gap_y)
-    return _svg(width, height, "".join(parts), "dependency graph")
+    # Drawn at its own size inside a scrolling box: scaled to the page, a wide graph's labels
+    # would shrink out of reading.
+    return _svg(width, height, "".join(parts), "dependency graph", "chart graph", sized=True)
 
 
 def _layers(graph: nx.DiGraph) -> dict[Any, int]:

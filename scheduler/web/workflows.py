@@ -57,15 +57,13 @@ class Grid:
 
 
 def run_grid(runs: Sequence[browse.Cell], order: Sequence[str]) -> Grid:
-    times: list[str] = []
     cells: dict[tuple[str, str], browse.Cell] = {}
     for e in runs:  # newest first: the first seen per cell is the newest attempt
-        key = e.task_time[:16] if e.task_time else "-"
-        if key not in times:
-            if len(times) == GRID_TIMES:
-                continue
-            times.append(key)
-        cells.setdefault((e.task, key), e)
+        cells.setdefault((e.task, e.task_time[:16] if e.task_time else "-"), e)
+    # The newest task times, newest first; runs without a task time last.
+    times = sorted({t for _, t in cells}, key=lambda t: (t != "-", t), reverse=True)
+    times = times[:GRID_TIMES]
+    cells = {key: cell for key, cell in cells.items() if key[1] in times}
     seen = {task for task, _ in cells}
     tasks = [t for t in order if t in seen][:GRID_PHASES]
     return Grid(times, tasks, cells)
@@ -99,9 +97,7 @@ def workflow_detail(request: Request) -> Response:
             raise BadRequest(f"no workflow file {key!r}", 404)
         specs = [spec_from_row(r) for r in phase_rows(conn, key)]
         last = browse.last_of_file(conn, key)
-        cells = browse.newest_cells(
-            conn, key, [s.task for s in specs][:GRID_PHASES], GRID_TIMES
-        )
+        cells = browse.newest_cells(conn, key, [s.task for s in specs][:GRID_PHASES], GRID_TIMES)
     source = _source(context.config.workflows, key)
     dependency = graph.build(specs)
     status = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -41,8 +42,10 @@ def site(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def config(site: Path) -> Config:
-    return load_config(str(site / "tomlflow.toml"))
+def config(site: Path, db: Database) -> Config:
+    """The site's configuration on the ``db`` fixture's database, so that with
+    TEST_SERVER_DATABASE_URL every page and action runs on PostgreSQL too."""
+    return replace(load_config(str(site / "tomlflow.toml")), database=db.url)
 
 
 @pytest.fixture

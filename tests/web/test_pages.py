@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
@@ -409,3 +411,26 @@ def test_pages_stay_small(client: TestClient) -> None:
         len(client.get(f"/static/{name}").content) for name in ("style.css", "htmx.min.js")
     )
     assert max(sizes) + assets < 300_000
+
+
+def test_refresh_button_loads_new_workflow_files(site: Path, client: TestClient) -> None:
+    token = csrf_of(client, "/about")
+    (site / "workflows" / "new.toml").write_text(
+        '[[phase]]\ntask = "fresh"\nrule = "cron=0 1 * * *"\ntemplate = "echo"\n'
+    )
+    response = client.post("/actions/refresh", data={"csrf": token}, follow_redirects=False)
+    assert response.status_code == 303 and "new.toml" in response.headers["location"]
+    assert 'href="/workflows/new.toml"' in client.get("/workflows", headers=HTML).text
+
+
+def test_overview_charts_count_todays_runs_and_the_last_90_days(
+    app: Starlette, client: TestClient
+) -> None:
+    now = app.state.ctx.clock.now()
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    queue(db_of(app), n=3, created=hour.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    queue(db_of(app), created=(hour - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    html = client.get("/", headers=HTML).text
+    assert f"<title>{hour:%H}:00: 3 queued</title>" in html
+    assert f"<title>{hour - timedelta(days=2):%Y-%m-%d}: 1 runs</title>" in html
+    assert "4 runs" in html  # the heat-map's total

@@ -205,3 +205,28 @@ def test_user_text_is_escaped_everywhere(tmp_path: Path) -> None:
         assert not re.search(r'="[^"]*q"uote', response.text), url
     sql = client.post("/sql", data={"csrf": token, "sql": f"SELECT '{XSS}' AS x"})
     assert XSS not in sql.text and "&lt;script&gt;" in sql.text
+
+
+def test_web_serves_the_app_on_the_configured_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    served: dict[str, object] = {}
+
+    def fake_run(app: object, host: str, port: int, **_: object) -> None:
+        served.update(app=app, host=host, port=port)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    site = make_site(tmp_path, {"etl.toml": ETL}, '[web]\nhost = "0.0.0.0"\ntoken = "t"\n')
+    assert main(["web", "--port", "9123", "--config", str(site / "tomlflow.toml")]) == 0
+    assert (served["host"], served["port"]) == ("0.0.0.0", 9123)
+    assert "http://0.0.0.0:9123/" in capsys.readouterr().out
+    served["app"].state.ctx.close()  # type: ignore[attr-defined]
+
+
+def test_an_oversized_body_is_refused(client: TestClient) -> None:
+    response = client.post(
+        "/api/sql", content=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413 and response.json() == {"error": "request body too large"}
