@@ -103,6 +103,10 @@ class Catalog:
         if not self.path.exists():
             raise WorkflowError(str(self.path), "no such file or folder")
         present = WorkflowSource(self.path).scan()
+        too_long = [key for key in present if len(key) > MAX_KEY]
+        for key in too_long:
+            del present[key]  # never stored, so it cannot stop the others
+            log.error("workflow %s: %s", key, TOO_LONG)
         with self.db.read() as conn:
             known = file_rows(conn)
         scanned_ns = time.time_ns()
@@ -125,6 +129,7 @@ class Catalog:
         self._write(updates, removed, restat)
         changed = [update.load.file_path for update in updates]
         errors = [(u.load.file_path, u.load.error) for u in updates if u.load.error]
+        errors += [(key, TOO_LONG) for key in too_long]
         if changed or removed:
             log.info("workflows refreshed: %s", ", ".join(changed + ["-" + k for k in removed]))
         return RefreshResult(tuple(changed), tuple(removed), tuple(errors))
@@ -215,6 +220,11 @@ class Catalog:
         spec = spec_from_row(row)
         return spec if self.workers is None else require_command(spec, self.workers)
 
+
+# The width of workflow_files.file_path: a longer key (folders nested very deep) is reported as
+# an error of its own and never stored.
+MAX_KEY = 1024
+TOO_LONG = f"file path longer than {MAX_KEY} characters below the workflow folder: not loaded"
 
 # A file modified this close to the scan may change again within the same timestamp tick
 # unseen (git's "racily clean" case): its stat is not trusted, so the next refresh reads it.

@@ -123,7 +123,7 @@ def _scan_toml(root: str) -> Iterator[SourceFile]:
                 key = prefix + name
                 if root_name and root_name in key.split("/")[:-1]:
                     key = file_key(root, entry.path)
-                yield _found(key, entry)
+                yield _found(_storable(key), entry)
 
 
 def file_key(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
@@ -147,6 +147,16 @@ def _segments(path: str | os.PathLike[str]) -> list[str]:
 
 def md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _storable(key: str) -> str:
+    """A key the database can hold: bytes of a file name that are not UTF-8 (which Python keeps
+    as lone surrogates) become U+FFFD, so such a file loads under a readable key."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return key
 
 
 def _found(key: str, entry: os.DirEntry[str]) -> SourceFile:

@@ -463,3 +463,34 @@ def test_children(lookups: Catalog, file_path: str, task: str, children: list[st
 )
 def test_depends_on_matches(depends_on: str, parent: str, matches: bool) -> None:
     assert depends_on_matches(depends_on, parent) is matches
+
+
+def test_a_file_name_that_is_not_utf8_loads_under_a_readable_key(
+    catalog: Catalog, db: Database, workflow_dir: Path
+) -> None:
+    # given a file whose name holds a byte that is not UTF-8, beside a good file
+    (workflow_dir / "good.toml").write_text(F2, encoding="utf-8")
+    fd = os.open(os.fsencode(workflow_dir) + b"/bad\xff.toml", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, F2.replace("other", "odd").encode())
+    os.close(fd)
+    # when refreshed, then both load, the odd one under a key with U+FFFD for the byte
+    result = catalog.refresh()
+    assert sorted(result.changed) == ["bad\ufffd.toml", "good.toml"]
+    assert stored_tasks(db, "bad\ufffd.toml") == ["odd"]
+    assert catalog.refresh().keys == []
+
+
+def test_a_path_too_long_to_store_is_an_error_of_its_own(
+    catalog: Catalog, db: Database, workflow_dir: Path
+) -> None:
+    # given a file nested so deep that its key is wider than the file_path column, and a good one
+    deep = workflow_dir.joinpath(*["d" * 200] * 6)
+    deep.mkdir(parents=True)
+    (deep / "w.toml").write_text(F2, encoding="utf-8")
+    (workflow_dir / "good.toml").write_text(F2, encoding="utf-8")
+    # when refreshed, then the good one loads and the deep one is reported, every time
+    for _ in range(2):
+        result = catalog.refresh()
+        ((key, error),) = result.errors
+        assert key.endswith("/w.toml") and "longer than 1024 characters" in error
+    assert list(stored_files(db)) == ["good.toml"]
