@@ -31,7 +31,7 @@ from sqlalchemy import Connection
 
 from scheduler import dispatcher, filetrigger, notify, planner, timing
 from scheduler import graph as dag
-from scheduler.catalog import Catalog, RefreshResult
+from scheduler.catalog import Catalog
 from scheduler.clock import SLICE_SECONDS, Clock, Every
 from scheduler.config import Config
 from scheduler.durations import format_duration
@@ -55,7 +55,6 @@ ORPHANED = "scheduler stopped during execution"
 IDLE_POLL = timedelta(seconds=1)  # how often an idle daemon looks for rows queued by others
 PRUNE_EVERY = timedelta(days=1)
 WATCH_EVERY = timedelta(seconds=2)  # a scan of a few thousand files costs ~20 ms
-CHECK_FILE_EVERY = timedelta(seconds=2)  # a stat of the database file: whether it is still ours
 FULL_RETRY_EVERY = timedelta(seconds=5)  # while the database or disk is full
 _CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
 
@@ -138,12 +137,12 @@ class Engine:
         self._prune = Every(PRUNE_EVERY)
         self._refresh = Every(config.refresh)
         self._scan = Every(WATCH_EVERY)
-        self._check_file = Every(CHECK_FILE_EVERY)
         self._db_file: store_db.FileIdentity | None = None  # the SQLite file we opened
         self._full = False  # the last write failed because the database or disk is full
         self._states_stale = False  # a rolled-back tick left _states ahead of the database
         # Workflow errors last reported, by (file, task); task "" for a file that does not load.
         self._problems: dict[PhaseKey, str] = {}
+        self._told: set[tuple[PhaseKey, str]] = set()  # file errors the catalog just logged
         self._backlog = True  # whether the last claim may have left ready rows behind
         # Whether a queued row may be ready to start: when false, a tick skips the claim query.
         self._maybe_ready = True
@@ -187,7 +186,7 @@ class Engine:
         running = dict(self._running)
         try:
             yield
-        except StoreError:
+        except BaseException:
             self._early = outcomes + self._early
             self._running = running
             self._maybe_ready = True
@@ -251,14 +250,17 @@ class Engine:
             if (result is not None and result.keys) or self._snapshot is None:
                 self._snapshot = Snapshot(self.catalog.phases())
                 self._states_stale = True
-                self._report_problems(self._snapshot, result)
+                if result is not None:
+                    self._told.update(((path, ""), error) for path, error in result.errors)
+                if self._heartbeat is not None:  # a refused second scheduler says nothing
+                    self._report_problems(self._snapshot)
         if self._states_stale:
             with self.db.read() as conn:
                 self._states = history.phase_states(conn)
             self._states_stale = False
         return self._snapshot
 
-    def _report_problems(self, snapshot: Snapshot, result: RefreshResult | None) -> None:
+    def _report_problems(self, snapshot: Snapshot) -> None:
         """Log each workflow file and phase error once when first seen and whenever it changes,
         and say when one is gone; the catalog itself logs the files it just failed to load."""
         with self.db.read() as conn:
@@ -271,13 +273,12 @@ class Engine:
                 if not spec.runnable and spec.status
             }
         )
-        told = {((path, ""), error) for path, error in result.errors} if result else set()
         for key, error in problems.items():
-            if self._problems.get(key) != error and (key, error) not in told:
+            if self._problems.get(key) != error and (key, error) not in self._told:
                 log.error("workflow %s: %s", _where(key), error)
         for key in self._problems.keys() - problems.keys():
             log.warning("workflow %s: no longer in error", _where(key))
-        self._problems = problems
+        self._problems, self._told = problems, set()
 
     # -- cron -------------------------------------------------------------------------------
 
@@ -518,7 +519,8 @@ class Engine:
             left = deadline - self.clock.monotonic()
             if left <= 0:
                 return
-            self._sleep_slice(min(left, SLICE_SECONDS))
+            self.clock.sleep(min(left, SLICE_SECONDS))
+            self._early.extend(self.executor.collect(0))
 
     def _sleep_slice(self, seconds: float) -> None:
         """One bounded sleep: in the executor's collect while something runs (an end wakes it)."""
@@ -619,29 +621,41 @@ class Engine:
         """
         self._begin()
         total = TickReport()
-        first = True
         try:
-            while stop is None or not stop.is_set():
-                report = self._step(stop, fire_cron=first, prune=False)
-                if report is None:
-                    continue
-                if on_tick is not None:
-                    on_tick(report)
-                first = False
-                _add(total, report)
-                if self._idle() and self._queue_empty():
-                    self.notifier.flush(self.clock.now())
-                    self.stop()
-                    return total
-                self.wait(self.next_wakeup(self.clock.now()), stop)
+            done = self._passes(total, on_tick, stop)
         except DatabaseGone:
             self._end_run()  # writes nothing to a database that is not ours any more
             raise
         except BaseException:
             self.stop()
             raise
-        self._end_run()
+        if done:
+            self.notifier.flush(self.clock.now())
+            self.stop()
+        else:
+            self._end_run()
         return total
+
+    def _passes(
+        self,
+        total: TickReport,
+        on_tick: Callable[[TickReport], None] | None,
+        stop: threading.Event | None,
+    ) -> bool:
+        """Tick, adding to ``total``, until nothing runs or waits (True) or ``stop`` is set."""
+        first = True
+        while stop is None or not stop.is_set():
+            report = self._step(stop, fire_cron=first, prune=False)
+            if report is None:
+                continue
+            if on_tick is not None:
+                on_tick(report)
+            first = False
+            _add(total, report)
+            if self._idle() and self._queue_empty():
+                return True
+            self.wait(self.next_wakeup(self.clock.now()), stop)
+        return False
 
     def overview(self, now: datetime) -> Overview:
         """What a started engine has loaded: phases, how many have errors, files that do not
@@ -671,20 +685,22 @@ class Engine:
         """Start (lease, recovery) and note which database file this run writes to."""
         self.start()
         self._db_file = self.db.file_identity()
+        if self._snapshot is not None:
+            self._report_problems(self._snapshot)
 
     def _step(
         self, stop: threading.Event | None, *, fire_cron: bool, prune: bool = True
     ) -> TickReport | None:
-        """One tick (and the daily prune); None when the database or disk is full, after
-        waiting FULL_RETRY_EVERY: nothing was written or launched, nothing collected is lost.
+        """The daily prune (when due) and one tick; None when the database or disk is full, after
+        waiting FULL_RETRY_EVERY: the tick wrote and launched nothing, and lost nothing collected.
 
         Raises DatabaseGone when the database file is no longer the one this run opened.
         """
         self._check_database_file()
         try:
-            report = self.tick(self.clock.now(), fire_cron=fire_cron)
             if prune:
                 self._prune_if_due(self.clock.now())
+            report = self.tick(self.clock.now(), fire_cron=fire_cron)
         except StoreError as exc:
             if not store_db.is_full(exc):
                 raise
@@ -700,10 +716,9 @@ class Engine:
         return report
 
     def _check_database_file(self) -> None:
-        """Every CHECK_FILE_EVERY: raise DatabaseGone if the SQLite file was deleted or replaced."""
-        if self._db_file is None or not self._check_file.take(self.clock.monotonic()):
-            return
-        if not self._db_file.still_there():
+        """Raise DatabaseGone if the SQLite file was deleted or replaced. One stat, before every
+        tick: a tick after the swap could open a new connection on a stranger's file."""
+        if self._db_file is not None and not self._db_file.still_there():
             raise DatabaseGone(self._db_file.path)
 
     def _end_run(self) -> None:
