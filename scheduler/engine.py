@@ -22,26 +22,30 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Connection
 
-from scheduler import dispatcher, filetrigger, notify, planner, sla
+from scheduler import dispatcher, filetrigger, notify, planner, sla, timing
 from scheduler import graph as dag
 from scheduler.catalog import Catalog
-from scheduler.clock import Clock
+from scheduler.clock import SLICE_SECONDS, Clock, Every
 from scheduler.config import Config
-from scheduler.errors import TomlflowError
+from scheduler.durations import format_duration
+from scheduler.errors import StoreError, TomlflowError
 from scheduler.executors import Executor, Launch, LogLine, Outcome
 from scheduler.followup import FollowUp, after_end
 from scheduler.retry import draw_jitter
 from scheduler.store import backup, file_reports, history, lease, retention, watched
+from scheduler.store import db as store_db
 from scheduler.store.db import Database
 from scheduler.store.file_reports import FileReport, Source
 from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
+from scheduler.store.workflows import file_rows
 from scheduler.validation import PhaseSpec
 from scheduler.watcher import FolderWatcher, Poll
 
@@ -52,6 +56,7 @@ IDLE_POLL = timedelta(seconds=1)  # how often an idle daemon looks for rows queu
 PRUNE_EVERY = timedelta(days=1)
 WATCH_EVERY = timedelta(seconds=2)  # a scan of a few thousand files costs ~20 ms
 CANCEL_POLL = 0.5  # seconds between looks for user cancels while something runs
+FULL_RETRY_EVERY = timedelta(seconds=5)  # while the database or disk is full
 _CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
 
 
@@ -77,6 +82,16 @@ class Watched:
     poll: Poll
     rows: list[NewExecution]
     reports: list[FileReport]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What a daemon says when it starts (see ``Engine.overview``)."""
+
+    phases: int
+    phase_errors: int
+    file_errors: int
+    next_fire: tuple[datetime, str] | None  # when, and which task
 
 
 class Snapshot:
@@ -117,18 +132,25 @@ class Engine:
         self._running: dict[int, Execution] = {}
         self._early: list[Outcome] = []
         self._not_before: list[datetime] = []  # heap: future not_before of rows we queued
-        self._next_poll: datetime | None = None
-        self._heartbeat: datetime | None = None  # set while this engine holds the lease
-        self._next_prune: datetime | None = None
+        # Chores paced on the monotonic clock, so a wall-clock step never stretches or skips one.
+        self._poll = Every(IDLE_POLL)
+        self._heartbeat: Every | None = None  # set while this engine holds the lease
+        self._prune = Every(PRUNE_EVERY)
+        self._refresh = Every(config.refresh)
+        self._scan = Every(WATCH_EVERY)
+        self._db_file: store_db.FileIdentity | None = None  # the SQLite file we opened
+        self._full = False  # the last write failed because the database or disk is full
+        self._states_stale = False  # a rolled-back tick left _states ahead of the database
+        # Workflow errors last reported, by (file, task); task "" for a file that does not load.
+        self._problems: dict[PhaseKey, str] = {}
+        self._told: set[tuple[PhaseKey, str]] = set()  # file errors the catalog just logged
         self._backlog = True  # whether the last claim may have left ready rows behind
         # Whether a queued row may be ready to start: when false, a tick skips the claim query.
         self._maybe_ready = True
-        self._next_refresh: datetime | None = None
         self.refresh_requested = threading.Event()
         # Posts on a thread of its own; idle (no thread) without a webhook.
         self.notifier = notify.AlertThread(notify.Notifier(db, config.alerts))
         self.watcher: FolderWatcher | None = None  # seeded from the database at its first poll
-        self._next_watch: datetime | None = None
         self.deadlines = sla.DeadlineCheck(db, config.timezone)  # rule key sla
         self.backups = backup.PeriodicBackup(db, config.backup, config.backup_every)
         self._cancelling: set[int] = set()  # user cancels handed to the executor
@@ -144,10 +166,9 @@ class Engine:
         started = self.executor.started()
         live = self.executor.lines()  # after collect: an ended execution's rest is its outcome's
         found = self._watch(snapshot, now)  # disk scan: outside the transaction
-        with self.db.write() as conn:
-            if self._heartbeat is not None and now - self._heartbeat >= lease.HEARTBEAT_EVERY:
+        with self._kept_on_rollback(outcomes), self.db.write() as conn:
+            if self._heartbeat is not None and self._heartbeat.take(self.clock.monotonic()):
                 lease.renew(conn, now)
-                self._heartbeat = now
             if fire_cron:
                 report.fired = self._fire_cron(conn, snapshot, now, report)
                 self._maybe_ready = self._maybe_ready or report.fired > 0
@@ -171,15 +192,28 @@ class Engine:
         self.notifier.poll(now)  # hands due alerts to the alert thread; returns at once
         return report
 
+    @contextmanager
+    def _kept_on_rollback(self, outcomes: list[Outcome]) -> Iterator[None]:
+        """When the tick's transaction fails it rolls back: keep the outcomes it collected and
+        forget the claims it made, so the next try records and launches exactly that again."""
+        running = dict(self._running)
+        try:
+            yield
+        except BaseException:
+            self._early = outcomes + self._early
+            self._running = running
+            self._maybe_ready = True
+            self._states_stale = True  # the cron plan it saved in memory was not stored
+            raise
+
     # -- the watched folder -------------------------------------------------------------------
 
     def _watch(self, snapshot: Snapshot, now: datetime) -> Watched | None:
         """Poll the watched folder (every WATCH_EVERY): rows and reports for the files that
         settled, and the poll, whose diff the tick stores; None when nothing changed."""
         root = self.config.watch
-        if root is None or (self._next_watch is not None and now < self._next_watch):
+        if root is None or not self._scan.take(self.clock.monotonic()):
             return None
-        self._next_watch = now + WATCH_EVERY
         poll = self._watcher(root).check()
         if not poll.diff:
             return None
@@ -211,20 +245,53 @@ class Engine:
             self._maybe_ready = True
 
     def _refresh_if_due(self, now: datetime) -> Snapshot:
-        due = self._next_refresh is None or now >= self._next_refresh
+        """The phases, refreshed from the files when the refresh interval passed or SIGHUP asked.
+
+        Raises WorkflowError when the first refresh fails (the workflow folder is missing):
+        there is nothing to run. Later failures keep the phases last loaded.
+        """
+        due = self._refresh.take(self.clock.monotonic())
         if due or self.refresh_requested.is_set() or self._snapshot is None:
             self.refresh_requested.clear()
-            self._next_refresh = now + self.config.refresh
             try:
-                changed = self.catalog.refresh().keys
-            except TomlflowError as exc:  # the folder vanished: keep what we have
-                log.error("refresh failed: %s", exc)
-                changed = []
-            if changed or self._snapshot is None:
+                result = self.catalog.refresh()
+            except TomlflowError as exc:
+                if self._snapshot is None:
+                    raise
+                log.error("refresh failed: %s", exc)  # the folder vanished: keep what we have
+                result = None
+            if (result is not None and result.keys) or self._snapshot is None:
                 self._snapshot = Snapshot(self.catalog.phases())
-                with self.db.read() as conn:
-                    self._states = history.phase_states(conn)
+                self._states_stale = True
+                if result is not None:
+                    self._told.update(((path, ""), error) for path, error in result.errors)
+                if self._heartbeat is not None:  # a refused second scheduler says nothing
+                    self._report_problems(self._snapshot)
+        if self._states_stale:
+            with self.db.read() as conn:
+                self._states = history.phase_states(conn)
+            self._states_stale = False
         return self._snapshot
+
+    def _report_problems(self, snapshot: Snapshot) -> None:
+        """Log each workflow file and phase error once when first seen and whenever it changes,
+        and say when one is gone; the catalog itself logs the files it just failed to load."""
+        with self.db.read() as conn:
+            files = file_rows(conn)
+        problems = {(key, ""): row.error for key, row in files.items() if row.error}
+        problems.update(
+            {
+                (spec.file_path, spec.task): spec.status
+                for spec in snapshot.specs.values()
+                if not spec.runnable and spec.status
+            }
+        )
+        for key, error in problems.items():
+            if self._problems.get(key) != error and (key, error) not in self._told:
+                log.error("workflow %s: %s", _where(key), error)
+        for key in self._problems.keys() - problems.keys():
+            log.warning("workflow %s: no longer in error", _where(key))
+        self._problems, self._told = problems, set()
 
     # -- cron -------------------------------------------------------------------------------
 
@@ -437,31 +504,52 @@ class Engine:
         while self._not_before and self._not_before[0] <= now:
             heapq.heappop(self._not_before)  # due now: the next tick claims it
             self._maybe_ready = True
-        if self._next_poll is None or now >= self._next_poll:
+        mono = self.clock.monotonic()
+        if self._poll.take(mono):
             # Rows queued by others (the command line, another process) are found by this poll.
-            self._next_poll = now + IDLE_POLL
             with self.db.read() as conn:
                 queued = history.next_queued_time(conn)
             if queued is not None and queued > now:
                 heapq.heappush(self._not_before, queued)
             elif queued is not None:
                 self._maybe_ready = True
-        candidates = [self._next_poll]
-        if self._next_refresh is not None:
-            candidates.append(self._next_refresh)
+        # The monotonic chores as wall times: the poll bounds every wait to IDLE_POLL.
+        candidates = [now + timedelta(seconds=min(self._poll.left(mono), self._refresh.left(mono)))]
         if self._not_before:
             candidates.append(self._not_before[0])
         candidates.extend(s.next_fire for s in self._states.values() if s.next_fire)
         return max(now, min(candidates))
 
-    def wait(self, until: datetime) -> None:
-        """Sleep until ``until``, waking early when an execution finishes.
+    def wait(self, until: datetime, stop: threading.Event | None = None) -> None:
+        """Sleep until the wall clock reaches ``until``, or as long on the monotonic clock,
+        whichever comes first; wake early when an execution finishes or ``stop`` is set.
 
+        Sleeps in slices of at most SLICE_SECONDS and re-reads the wall clock after each, so a
+        wall clock stepped back never stretches the wait and ``stop`` is seen within a slice.
         Outcomes that arrive meanwhile are kept for the next tick to record.
         """
-        seconds = (until - self.clock.now()).total_seconds()
-        if self._early or seconds <= 0:
-            return
+        deadline = self.clock.monotonic() + (until - self.clock.now()).total_seconds()
+        while not self._early and not (stop is not None and stop.is_set()):
+            left = min(
+                (until - self.clock.now()).total_seconds(), deadline - self.clock.monotonic()
+            )
+            if left <= 0:
+                return
+            self._sleep_slice(min(left, SLICE_SECONDS))
+
+    def _pause(self, seconds: float, stop: threading.Event | None) -> None:
+        """Sleep ``seconds`` on the monotonic clock in slices, keeping outcomes that arrive
+        (not waking for them: the caller cannot record them yet)."""
+        deadline = self.clock.monotonic() + seconds
+        while not (stop is not None and stop.is_set()):
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return
+            self.clock.sleep(min(left, SLICE_SECONDS))
+            self._early.extend(self.executor.collect(0))
+
+    def _sleep_slice(self, seconds: float) -> None:
+        """One bounded sleep: in the executor's collect while something runs (an end wakes it)."""
         if self.executor.running():
             self._early.extend(self.executor.collect(seconds))
             return
@@ -479,8 +567,9 @@ class Engine:
                 log.warning("took over the lease of pid %d on %s", replaced.pid, replaced.host)
             # Executions this engine already runs (it ticked before it started) are not orphans.
             orphans = [e for e in history.running_executions(conn) if e.id not in self._running]
-        self._heartbeat = now
-        local = replaced is None or replaced.host == socket.gethostname()
+        self._heartbeat = Every(lease.HEARTBEAT_EVERY)
+        self._heartbeat.restart(self.clock.monotonic())
+        local = replaced is None or replaced.host == lease.host_name()
         self._recover(snapshot, orphans, local)
 
     def stop(self) -> None:
@@ -521,31 +610,174 @@ class Engine:
             )
 
     def run_forever(
-        self, stop: threading.Event, on_tick: Callable[[TickReport], None] | None = None
+        self,
+        stop: threading.Event,
+        on_tick: Callable[[TickReport], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         """Tick until ``stop`` is set; then stop the executor within the shutdown grace.
 
-        ``on_tick`` sees every tick's report (the command line prints from it).
+        ``on_start`` runs once the lease is held (the command line prints its banner there);
+        ``on_tick`` sees every tick's report. Raises DatabaseGone when the SQLite file is deleted
+        or replaced under the daemon; nothing more is written then.
         """
-        self.start()
+        self._begin()
         try:
+            if on_start is not None:
+                on_start()
             while not stop.is_set():
-                report = self.tick(self.clock.now())
+                report = self._step(stop, fire_cron=True)
+                if report is None:
+                    continue
                 if on_tick is not None:
                     on_tick(report)
-                self._prune_if_due(self.clock.now())
                 self.backups.poll(self.clock.now())  # [scheduler] backup, on its own thread
-                self.wait(self.next_wakeup(self.clock.now()))
+                self.wait(self.next_wakeup(self.clock.now()), stop)
         finally:
+            self._end_run()
+
+    def run_once(
+        self,
+        on_tick: Callable[[TickReport], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> TickReport:
+        """Fire what is due now, then run everything queued (children, retries) to the end.
+
+        When ``stop`` is set (SIGINT, SIGTERM) it ends as the daemon does: what runs gets the
+        shutdown grace, then is recorded cancelled and queued again.
+        """
+        self._begin()
+        total = TickReport()
+        try:
+            done = self._passes(total, on_tick, stop)
+        except DatabaseGone:
+            self._end_run()  # writes nothing to a database that is not ours any more
+            raise
+        except BaseException:
+            self.stop()
+            raise
+        if done:
+            self.notifier.flush(self.clock.now())
+            self.stop()
+        else:
+            self._end_run()
+        return total
+
+    def _passes(
+        self,
+        total: TickReport,
+        on_tick: Callable[[TickReport], None] | None,
+        stop: threading.Event | None,
+    ) -> bool:
+        """Tick, adding to ``total``, until nothing runs or waits (True) or ``stop`` is set."""
+        first = True
+        while stop is None or not stop.is_set():
+            report = self._step(stop, fire_cron=first, prune=False)
+            if report is None:
+                continue
+            if on_tick is not None:
+                on_tick(report)
+            first = False
+            _add(total, report)
+            if self._idle() and self._queue_empty():
+                return True
+            self.wait(self.next_wakeup(self.clock.now()), stop)
+        return False
+
+    def overview(self, now: datetime) -> Overview:
+        """What a started engine has loaded: phases, how many have errors, files that do not
+        load, and the next cron fire (a phase not planned yet counts from ``now``)."""
+        snapshot = self._refresh_if_due(now)
+        upcoming: list[tuple[datetime, str]] = []
+        for spec in snapshot.cron:
+            assert spec.rule is not None and spec.rule.cron is not None
+            state = self._states.get((spec.file_path, spec.task))
+            if state is not None and state.paused:
+                continue
+            tz = self.config.timezone
+            planned = state is not None and state.cron == planner.signature(spec, tz)
+            if planned and state is not None and state.next_fire is not None:
+                upcoming.append((state.next_fire, spec.task))
+            elif not planned:
+                zone = planner.zone_of(spec, tz)
+                upcoming.append((timing.next_fire(spec.rule.cron, zone, now), spec.task))
+        return Overview(
+            phases=len(snapshot.specs),
+            phase_errors=sum(1 for key in self._problems if key[1]),
+            file_errors=sum(1 for key in self._problems if not key[1]),
+            next_fire=min(upcoming) if upcoming else None,
+        )
+
+    def _begin(self) -> None:
+        """Start (lease, recovery) and note which database file this run writes to."""
+        self.start()
+        self._db_file = self.db.file_identity()
+        if self._snapshot is not None:
+            self._report_problems(self._snapshot)
+
+    def _step(
+        self, stop: threading.Event | None, *, fire_cron: bool, prune: bool = True
+    ) -> TickReport | None:
+        """The daily prune (when due) and one tick; None when the database or disk is full, after
+        waiting FULL_RETRY_EVERY: the tick wrote and launched nothing, and lost nothing collected.
+
+        Raises DatabaseGone when the database file is no longer the one this run opened.
+        """
+        self._check_database_file()
+        try:
+            if prune:
+                self._prune_if_due(self.clock.now())
+            report = self.tick(self.clock.now(), fire_cron=fire_cron)
+        except StoreError as exc:
+            if not store_db.is_full(exc):
+                raise
+            if not self._full:
+                wait = FULL_RETRY_EVERY.total_seconds()
+                log.error("database or disk is full: not launching; retrying every %.0fs", wait)
+            self._full = True
+            self._pause(FULL_RETRY_EVERY.total_seconds(), stop)
+            return None
+        if self._full:
+            log.warning("the database takes writes again: launching resumes")
+            self._full = False
+        return report
+
+    def _check_database_file(self) -> None:
+        """Raise DatabaseGone if the SQLite file was deleted or replaced. One stat, before every
+        tick: a tick after the swap could open a new connection on a stranger's file."""
+        if self._db_file is not None and not self._db_file.still_there():
+            raise DatabaseGone(self._db_file.path)
+
+    def _end_run(self) -> None:
+        """Stop the executor within the grace, saying what it waits for; record what it cancels
+        and give the lease up, unless the database file is gone (then write nothing)."""
+        running = sorted(self._running.values(), key=lambda e: e.id)
+        grace = self.config.shutdown_grace
+        if running and self.executor.running():
+            names = ", ".join(f"{e.task} #{e.id}" for e in running[:5])
+            more = f" and {len(running) - 5} more" if len(running) > 5 else ""
+            log.warning(
+                "stopping: waiting up to %s for %d running executions (%s%s); "
+                "then they are cancelled and queued again",
+                format_duration(grace),
+                len(running),
+                names,
+                more,
+            )
+        if self._db_file is not None and not self._db_file.still_there():
+            self.executor.shutdown(grace.total_seconds())
+            self.notifier.close()
+            return
+        try:
             self.shutdown()
+        finally:
             self.stop()
 
     def _prune_if_due(self, now: datetime) -> None:
         """Apply ``[retention] executions`` once a day, in its own short transactions."""
         keep = self.config.retention
-        if keep is None or (self._next_prune is not None and now < self._next_prune):
+        if keep is None or not self._prune.take(self.clock.monotonic()):
             return
-        self._next_prune = now + PRUNE_EVERY
         counts = retention.prune(self.db, now - keep)
         if counts.total:
             log.info(
@@ -554,25 +786,6 @@ class Engine:
                 counts.file_reports,
                 keep,
             )
-
-    def run_once(self, on_tick: Callable[[TickReport], None] | None = None) -> TickReport:
-        """Fire what is due now, then run everything queued (children, retries) to the end."""
-        self.start()
-        total = TickReport()
-        first = True
-        try:
-            while True:
-                report = self.tick(self.clock.now(), fire_cron=first)
-                if on_tick is not None:
-                    on_tick(report)
-                first = False
-                _add(total, report)
-                if self._idle() and self._queue_empty():
-                    self.notifier.flush(self.clock.now())
-                    return total
-                self.wait(self.next_wakeup(self.clock.now()))
-        finally:
-            self.stop()
 
     def _idle(self) -> bool:
         """Nothing running and no outcome left uncollected (kept for the next tick if any)."""
@@ -596,6 +809,22 @@ class Engine:
         with self.db.write() as conn:
             self._record(conn, self._snapshot, outcomes, [], self.clock.now(), TickReport())
         self.executor.release(o.execution_id for o in outcomes)
+
+
+class DatabaseGone(TomlflowError):
+    """The SQLite database file was deleted or replaced while a scheduler ran on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"database file {path} was deleted or replaced while the scheduler ran: stopping "
+            "(nothing more is written to it)"
+        )
+
+
+def _where(key: PhaseKey) -> str:
+    """``file`` for a file's own error, ``file [task]`` for a phase's."""
+    return f"{key[0]} [{key[1]}]" if key[1] else key[0]
 
 
 def _needs_planning(

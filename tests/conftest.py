@@ -28,18 +28,30 @@ settings.load_profile("tomlflow")
 
 
 class ManualClock:
-    """A clock that moves only when the test says so (``sleep`` moves it too)."""
+    """A clock that moves only when the test says so (``sleep`` moves it too).
+
+    ``advance`` is time passing (wall and monotonic readings move together); ``step`` is the
+    wall clock being set (an operator, NTP), which moves the wall reading alone.
+    """
 
     def __init__(self, start: datetime) -> None:
         self.current = start
+        self.mono = 0.0
 
     def now(self) -> datetime:
         return self.current
+
+    def monotonic(self) -> float:
+        return self.mono
 
     def sleep(self, seconds: float) -> None:
         self.advance(timedelta(seconds=seconds))
 
     def advance(self, delta: timedelta) -> None:
+        self.current += delta
+        self.mono += delta.total_seconds()
+
+    def step(self, delta: timedelta) -> None:
         self.current += delta
 
 

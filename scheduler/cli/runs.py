@@ -77,24 +77,69 @@ def _engine(app: App) -> Iterator[Engine]:
     is_flag=True,
     help="One pass: fire what is due now, run everything queued to the end, exit.",
 )
-def run(config_path: str | None, once: bool) -> int:
-    """Run the scheduler (Ctrl-C stops it cleanly)."""
+@json_option
+def run(config_path: str | None, once: bool, as_json: bool) -> int:
+    """Run the scheduler (Ctrl-C stops it cleanly). With --once --json, the summary is JSON."""
     with open_app(config_path) as app, _engine(app) as engine:
         console = out_console()
-        if once:
-            report = engine.run_once(on_tick=lambda r: _print_tick(console, r))
-            summary = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
-            console.print(
-                f"ran {report.finished} executions: {summary or 'nothing due'}", highlight=False
-            )
-            return ExitCode.FAILED if report.failed else ExitCode.OK
         stop = threading.Event()
+        if once:
+            quiet = as_json  # stdout carries the JSON summary alone
+            with _signals(stop, engine):
+                report = engine.run_once(
+                    on_tick=None if quiet else lambda r: _print_tick(console, r), stop=stop
+                )
+            return _once_summary(console, report, stop.is_set(), as_json)
         with _signals(stop, engine):
-            console.print(
-                f"tomlflow running on {app.config.workflows} (Ctrl-C stops)", highlight=False
+            engine.run_forever(
+                stop,
+                on_tick=lambda r: _print_tick(console, r),
+                on_start=lambda: _banner(console, app, engine),
             )
-            engine.run_forever(stop, on_tick=lambda r: _print_tick(console, r))
     return ExitCode.OK
+
+
+def _banner(console: Console, app: App, engine: Engine) -> None:
+    """What the daemon runs on: database (password hidden), folder, phases, the next fire."""
+    seen = engine.overview(datetime.now(UTC))
+    errors = f", {seen.phase_errors} with errors" if seen.phase_errors else ""
+    broken = f"; {seen.file_errors} files do not load" if seen.file_errors else ""
+    if seen.next_fire is not None:
+        when, task = seen.next_fire
+        upcoming = f"next fire {task} at {short_time(iso(when))} UTC"
+    else:
+        upcoming = "no cron fire ahead"
+    console.print(
+        f"tomlflow running on database {app.db.display_url()}, workflows "
+        f"{app.config.workflows}: {seen.phases} phases loaded{errors}{broken}; {upcoming} "
+        "(Ctrl-C stops)",
+        highlight=False,
+        markup=False,
+    )
+
+
+def _once_summary(console: Console, report: TickReport, interrupted: bool, as_json: bool) -> int:
+    """Print what a ``run --once`` did; exit 130 when interrupted, 1 when a run failed."""
+    if as_json:
+        print_json(
+            {
+                "fired": report.fired,
+                "started": report.started,
+                "finished": report.finished,
+                "failed": report.failed,
+                "statuses": dict(sorted(report.statuses.items())),
+                "interrupted": interrupted,
+            }
+        )
+    else:
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items()))
+        cut = "; interrupted: what still ran is cancelled and queued again" if interrupted else ""
+        console.print(
+            f"ran {report.finished} executions: {summary or 'nothing due'}{cut}", highlight=False
+        )
+    if interrupted:
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED if report.failed else ExitCode.OK
 
 
 def _print_tick(console: Console, report: TickReport) -> None:

@@ -9,12 +9,15 @@ through the same code.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
@@ -197,6 +200,55 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def display_url(self) -> str:
+        """The URL to show a person: SQLAlchemy's own rendering, with any password as ``***``."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def file_identity(self) -> FileIdentity | None:
+        """Which file this SQLite database is, as found now; None for a server or in-memory
+        database, or when the file is not there."""
+        name = self.engine.url.database if self.is_sqlite else None
+        if not name or name == ":memory:" or "mode=memory" in name:
+            return None
+        if name.startswith("file:"):  # a URI filename (``?uri=true``): its path part
+            name = unquote(name[len("file:") :].split("?", 1)[0])
+        return FileIdentity.of(Path(name).absolute())
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """A SQLite database file: its path and the (device, inode) that path named when read.
+
+    A daemon keeps the one it opened and compares: a file deleted or replaced under it (a
+    restore, a cleanup script) would otherwise take every later write into an unlinked inode.
+    """
+
+    path: Path
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity | None:
+        """The identity of ``path`` now; None when nothing is there."""
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return cls(path, found.st_dev, found.st_ino)
+
+    def still_there(self) -> bool:
+        """Whether the path still names this very file (neither deleted nor replaced)."""
+        return FileIdentity.of(self.path) == self
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (a StoreError from ``write``/``read``) says the database or its disk is
+    full: SQLite's SQLITE_FULL, PostgreSQL's disk_full (SQLSTATE 53100). Nothing was written."""
+    orig = getattr(exc.__cause__, "orig", None)
+    if isinstance(orig, sqlite3.Error):
+        return getattr(orig, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+    return getattr(orig, "sqlstate", None) == "53100"
 
 
 class NoDatabase(StoreError):
