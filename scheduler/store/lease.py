@@ -3,6 +3,11 @@
 ``tomlflow run`` takes the lease before it fires anything and renews it while it runs. A second
 scheduler is refused, naming the holder. A lease whose holder is gone is taken over: on the same
 host when its process no longer exists, anywhere once its heartbeat is older than the TTL.
+
+A standby (``run --standby``) waits instead: it watches the heartbeat change, on its own
+monotonic clock (so clocks that differ between hosts don't matter), and takes the lease over
+with a compare-and-swap once it has stood still for ``STANDBY_TTL``. A holder that was only
+frozen finds on its next renewal that the lease is someone else's, and steps down.
 """
 
 from __future__ import annotations
@@ -19,8 +24,17 @@ from scheduler.store.schema import scheduler_lease
 from scheduler.tasktime import from_iso, iso
 
 LEASE_TTL = timedelta(seconds=30)
-HEARTBEAT_EVERY = timedelta(seconds=5)
+HEARTBEAT_EVERY = timedelta(seconds=1)
+# A standby takes over once the heartbeat has not moved for this long (by its own clock): three
+# missed beats. With a watch every half second, a dead holder is replaced within about 4 s.
+STANDBY_TTL = timedelta(seconds=3)
 _NAME = "scheduler"
+HOST_VARIABLE = "TOMLFLOW_HOSTNAME"
+
+
+def host_name() -> str:
+    """The name this process gives as a lease holder: $TOMLFLOW_HOSTNAME, else the host name."""
+    return os.environ.get(HOST_VARIABLE) or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -32,16 +46,18 @@ class Holder:
 
     @classmethod
     def me(cls, now: datetime) -> Holder:
-        return cls(socket.gethostname(), os.getpid(), now, now)
+        return cls(host_name(), os.getpid(), now, now)
 
     def is_me(self) -> bool:
-        return self.host == socket.gethostname() and self.pid == os.getpid()
+        return self.host == host_name() and self.pid == os.getpid()
 
     def is_gone(self, now: datetime) -> bool:
         """True when this holder can no longer be running the scheduler."""
-        if now - self.heartbeat > LEASE_TTL:
-            return True
-        return self.host == socket.gethostname() and not _alive(self.pid)
+        return now - self.heartbeat > LEASE_TTL or self.is_dead_here()
+
+    def is_dead_here(self) -> bool:
+        """True when the holder ran on this host and its process no longer exists."""
+        return self.host == host_name() and not _alive(self.pid)
 
 
 class LeaseHeld(TomlflowError):
@@ -78,6 +94,26 @@ def acquire(conn: Connection, now: datetime) -> Holder | None:
         )
     )
     return held if held is not None and not held.is_me() else None
+
+
+def take_over(conn: Connection, now: datetime, seen: Holder) -> bool:
+    """Replace ``seen`` as the holder, only if the lease still is exactly as it was seen (a
+    holder that renewed meanwhile keeps it). Call inside a write transaction; True if taken."""
+    where = (
+        (scheduler_lease.c.name == _NAME)
+        & (scheduler_lease.c.host == seen.host)
+        & (scheduler_lease.c.pid == seen.pid)
+        & (scheduler_lease.c.heartbeat == iso(seen.heartbeat))
+    )
+    if conn.execute(delete(scheduler_lease).where(where)).rowcount != 1:
+        return False
+    me = Holder.me(now)
+    conn.execute(
+        insert(scheduler_lease).values(
+            name=_NAME, host=me.host, pid=me.pid, since=iso(now), heartbeat=iso(now)
+        )
+    )
+    return True
 
 
 def renew(conn: Connection, now: datetime) -> None:
