@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 import logging
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -140,6 +139,7 @@ class Engine:
         self._scan = Every(WATCH_EVERY)
         self._db_file: store_db.FileIdentity | None = None  # the SQLite file we opened
         self._full = False  # the last write failed because the database or disk is full
+        self._lost_to: lease.Holder | None = None  # who took the lease while we were away
         self._states_stale = False  # a rolled-back tick left _states ahead of the database
         # Workflow errors last reported, by (file, task); task "" for a file that does not load.
         self._problems: dict[PhaseKey, str] = {}
@@ -535,6 +535,11 @@ class Engine:
             )
             if left <= 0:
                 return
+            if self.executor.running():
+                # One slice in the executor's collect, then back to a tick: while commands run,
+                # ticks store their output as it comes (live logs) and see cancels.
+                self._early.extend(self.executor.collect(min(left, SLICE_SECONDS)))
+                return
             self._sleep_slice(min(left, SLICE_SECONDS))
 
     def _pause(self, seconds: float, stop: threading.Event | None) -> None:
@@ -549,11 +554,8 @@ class Engine:
             self._early.extend(self.executor.collect(0))
 
     def _sleep_slice(self, seconds: float) -> None:
-        """One bounded sleep: in the executor's collect while something runs (an end wakes it)."""
-        if self.executor.running():
-            self._early.extend(self.executor.collect(seconds))
-            return
-        self._early.extend(self.executor.collect(0))  # one may have ended since the tick
+        """One bounded sleep while nothing runs (an outcome that ended since the tick is kept)."""
+        self._early.extend(self.executor.collect(0))
         if not self._early:
             self.clock.sleep(seconds)
 
@@ -728,6 +730,9 @@ class Engine:
             if prune:
                 self._prune_if_due(self.clock.now())
             report = self.tick(self.clock.now(), fire_cron=fire_cron)
+        except lease.LeaseHeld as exc:  # frozen or cut off meanwhile: a standby took over
+            self._lost_to = exc.holder
+            raise LeaseLost(exc.holder) from None
         except StoreError as exc:
             if not store_db.is_full(exc):
                 raise
@@ -768,10 +773,25 @@ class Engine:
             self.executor.shutdown(grace.total_seconds())
             self.notifier.close()
             return
+        if self._lost_to is not None:
+            self._step_down(self._lost_to)
+            return
         try:
             self.shutdown()
         finally:
             self.stop()
+
+    def _step_down(self, holder: lease.Holder) -> None:
+        """Leave the database to the scheduler that took the lease, writing nothing more.
+
+        What this one runs is the new holder's now: on this host it adopts them from the spool,
+        so they are left running; on another host it has closed them (outcome unknowable) and
+        retries them, so they are killed here rather than run twice at once.
+        """
+        if holder.host != lease.host_name():
+            self.executor.shutdown(0)
+        self.notifier.close()
+        self._heartbeat = None
 
     def _prune_if_due(self, now: datetime) -> None:
         """Apply ``[retention] executions`` once a day, in its own short transactions."""
@@ -809,6 +829,17 @@ class Engine:
         with self.db.write() as conn:
             self._record(conn, self._snapshot, outcomes, [], self.clock.now(), TickReport())
         self.executor.release(o.execution_id for o in outcomes)
+
+
+class LeaseLost(TomlflowError):
+    """Another scheduler took the lease while this one was frozen or cut off: it steps down."""
+
+    def __init__(self, holder: lease.Holder) -> None:
+        self.holder = holder
+        super().__init__(
+            f"another scheduler took over this database (pid {holder.pid} on {holder.host}) "
+            "while this one was not heard from: stepping down, writing nothing more"
+        )
 
 
 class DatabaseGone(TomlflowError):

@@ -77,12 +77,25 @@ def _engine(app: App) -> Iterator[Engine]:
     is_flag=True,
     help="One pass: fire what is due now, run everything queued to the end, exit.",
 )
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="Wait while another scheduler holds the database; take over when it stops beating.",
+)
 @json_option
-def run(config_path: str | None, once: bool, as_json: bool) -> int:
-    """Run the scheduler (Ctrl-C stops it cleanly). With --once --json, the summary is JSON."""
+def run(config_path: str | None, once: bool, standby: bool, as_json: bool) -> int:
+    """Run the scheduler (Ctrl-C stops it cleanly). With --once --json, the summary is JSON.
+
+    With --standby (several hosts, one PostgreSQL database) it waits, saying so, while another
+    scheduler holds the lease, and takes over within seconds once that one stops renewing it.
+    """
+    if once and standby:
+        raise click.UsageError("--standby waits to run the daemon; it does not go with --once")
     with open_app(config_path) as app, _engine(app) as engine:
         console = out_console()
         stop = threading.Event()
+        if standby and not _stand_by(console, app, engine, stop):
+            return ExitCode.OK  # stopped while waiting
         if once:
             quiet = as_json  # stdout carries the JSON summary alone
             with _signals(stop, engine):
@@ -97,6 +110,22 @@ def run(config_path: str | None, once: bool, as_json: bool) -> int:
                 on_start=lambda: _banner(console, app, engine),
             )
     return ExitCode.OK
+
+
+def _stand_by(console: Console, app: App, engine: Engine, stop: threading.Event) -> bool:
+    """Wait for the lease (True once this process holds it; False when stopped meanwhile)."""
+    from scheduler import standby
+
+    def waiting(holder: lease.Holder) -> None:
+        console.print(
+            f"standing by: pid {holder.pid} on {holder.host} runs this database "
+            f"({app.db.display_url()}); taking over when it stops",
+            highlight=False,
+            markup=False,
+        )
+
+    with _signals(stop, engine):
+        return standby.wait_for_lease(app.db, engine.clock.now, stop, on_wait=waiting)
 
 
 def _banner(console: Console, app: App, engine: Engine) -> None:
