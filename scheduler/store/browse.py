@@ -369,11 +369,6 @@ def hourly_counts(conn: Connection, since: datetime, until: datetime) -> Buckets
     return _buckets(conn, since, until, 13)
 
 
-def daily_counts(conn: Connection, since: datetime, until: datetime) -> Buckets:
-    """Executions created in [since, until) by day and status."""
-    return _buckets(conn, since, until, 10)
-
-
 def _buckets(conn: Connection, since: datetime, until: datetime, width: int) -> Buckets:
     c = executions.c
     bucket = func.substr(c.created_at, 1, width)
