@@ -81,10 +81,26 @@ def _text(value: object) -> str:
 
 
 def rows_for(rule: Rule, base: Path) -> list[dict[str, str]]:
-    """The rule's meta rows: from ``meta``, or from ``meta-file`` (relative to ``base``)."""
+    """The rule's meta rows: from ``meta``, or from ``meta-file`` (see ``meta_file_path``)."""
     if rule.meta_file:
-        return read_meta_file(base / rule.meta_file)
+        return read_meta_file(meta_file_path(rule.meta_file, base))
     return rule.meta_rows()
+
+
+def meta_file_path(name: str, base: Path) -> Path:
+    """Where a rule's ``meta-file`` is: a relative path beside the workflow file (``base``) if
+    there is a file there, else from the working directory (where flowlord looks).
+
+    Raises WorkflowError naming every path tried when there is none.
+    """
+    path = Path(name)
+    # (base / path is path itself when path is absolute; a set keeps one of equal places)
+    tried = list(dict.fromkeys([base / path, Path.cwd() / path]))
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    places = " nor ".join(str(p) for p in tried)
+    raise WorkflowError(name, f"cannot read meta-file: no file at {places}")
 
 
 def expand(times: list[datetime], rows: list[dict[str, str]]) -> list[BatchItem]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler import graph
 from scheduler.clock import Clock
+from scheduler.config import WorkerConfig
 from scheduler.errors import RuleError, WorkflowError
 from scheduler.loader import (
     FileLoad,
@@ -39,7 +41,7 @@ from scheduler.store.workflows import (
     remove_file,
     store_files,
 )
-from scheduler.validation import PhaseSpec, Severity, validate_file
+from scheduler.validation import PhaseSpec, Severity, require_command, validate_file
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +76,20 @@ class _Update:
 class Catalog:
     """Workflow files ↔ store. Owns no state of its own beyond where the files are."""
 
-    def __init__(self, db: Database, workflows: Path, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        workflows: Path,
+        clock: Clock,
+        workers: Mapping[str, WorkerConfig] | None = None,
+    ) -> None:
+        """``workers``: the configuration's, so that a phase with neither template nor worker
+        command reads as an error; it is checked when phases are read, not stored, so that
+        it follows edits of the configuration (None: not checked)."""
         self.db = db
         self.path = workflows
         self.clock = clock
+        self.workers = workers
 
     def is_dir(self) -> bool:
         return self.path.is_dir()
@@ -174,7 +186,7 @@ class Catalog:
     def phases(self) -> list[PhaseSpec]:
         """Every stored phase, by file then task."""
         with self.db.read() as conn:
-            return [spec_from_row(row) for row in phase_rows(conn)]
+            return [self._spec(row) for row in phase_rows(conn)]
 
     def search(self, topic: str, job: str = "") -> PhaseSpec | None:
         """The first phase (by file, task) of ``topic`` with ``job``; any job when job is ""."""
@@ -193,11 +205,15 @@ class Catalog:
     def children(self, file_path: str, task: str) -> list[PhaseSpec]:
         """Phases of ``file_path`` whose ``depends_on`` names ``task`` (by topic, or exactly)."""
         with self.db.read() as conn:
-            specs = [spec_from_row(row) for row in phase_rows(conn, file_path)]
+            specs = [self._spec(row) for row in phase_rows(conn, file_path)]
         return [spec for spec in specs if depends_on_matches(spec.depends_on, task)]
 
     def close(self) -> None:
         self.db.close()
+
+    def _spec(self, row: PhaseRow) -> PhaseSpec:
+        spec = spec_from_row(row)
+        return spec if self.workers is None else require_command(spec, self.workers)
 
 
 # A file modified this close to the scan may change again within the same timestamp tick

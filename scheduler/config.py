@@ -66,16 +66,24 @@ class Config:
     source: Path | None = None
     workflows: Path = field(default_factory=lambda: Path("workflows").absolute())
     database: str = field(default_factory=lambda: _sqlite_url(DEFAULT_DATABASE, Path.cwd()))
+    readonly_database: str = ""  # a read-only role's URL for sql, ask, mcp (docs/SECURITY.md)
     timezone: str = "UTC"
     refresh: timedelta = timedelta(minutes=1)
     max_workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     shutdown_grace: timedelta = timedelta(seconds=30)
     watch: Path | None = None  # a folder whose new files are reported to file triggers
+    backup: Path | None = None  # where the daemon keeps a copy of its SQLite database
+    backup_every: timedelta = timedelta(hours=24)
     workers: Mapping[str, WorkerConfig] = field(default_factory=dict)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     retention: timedelta | None = None
     ai: AIConfig = field(default_factory=AIConfig)
     web: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def query_database(self) -> str:
+        """The URL someone's SQL runs on: ``readonly_database`` when set, else ``database``."""
+        return self.readonly_database or self.database
 
     @property
     def workflow_root(self) -> Path:
@@ -215,11 +223,14 @@ class _Reader:
 _SCHEDULER: dict[str, Callable[[_Reader, str, Any], Any]] = {
     "workflows": _Reader.path,
     "database": _Reader.database,
+    "readonly_database": _Reader.database,
     "timezone": _Reader.timezone,
     "refresh": _Reader.duration,
     "max_workers": _Reader.positive_int,
     "shutdown_grace": _Reader.duration,
     "watch": _Reader.path,
+    "backup": _Reader.path,
+    "backup_every": _Reader.duration,
 }
 
 

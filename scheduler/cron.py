@@ -44,9 +44,16 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from scheduler.durations import parse_duration
-from scheduler.errors import CronError, DurationError
+from scheduler.errors import CronError, CronNeverFires, DurationError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# @every bounds: flowlord's cron library rounds a shorter period up to a second, and a period
+# past a century would carry fire times off the calendar (year 9999).
+SHORTEST_EVERY = timedelta(seconds=1)
+LONGEST_EVERY = timedelta(days=36525)
+# No field value or step has more digits than this; a longer one is out of range, and reading
+# it could exceed Python's limit on converting digit strings.
+_MAX_DIGITS = 4
 
 _DESCRIPTORS = {
     "@yearly": "0 0 1 1 *",
@@ -141,6 +148,8 @@ def _every_period(expr: str, text: str) -> timedelta:
         raise CronError(expr, f"bad duration {text}") from None
     if period <= timedelta(0):
         raise CronError(expr, f"duration must be positive, got {text}")
+    if not SHORTEST_EVERY <= period <= LONGEST_EVERY:
+        raise CronError(expr, f"duration must be from 1s to 36525d, got {text}")
     return period
 
 
@@ -174,27 +183,28 @@ def _normalise_item(expr: str, item: str, spec: _Field) -> str:
     step = match.group("step")
     if step is None:
         return span
-    if not (step.isascii() and step.isdigit()) or int(step) < 1:
+    digits = step.isascii() and step.isdigit() and len(step) <= _MAX_DIGITS
+    if not digits or int(step) < 1:
         raise CronError(expr, f"{spec.name}: bad step {step}")
     return span if span == "*" and int(step) == 1 else f"{span}/{int(step)}"
 
 
 def _value(expr: str, text: str, spec: _Field) -> int:
     digits = text.isascii() and text.isdigit()
-    number = int(text) if digits else spec.names.get(text.lower())
-    if number is None:
+    number = int(text) if digits and len(text) <= _MAX_DIGITS else spec.names.get(text.lower())
+    if number is None and not digits:
         raise CronError(expr, f"{spec.name}: bad value {text}")
-    if not spec.low <= number <= spec.high:
+    if number is None or not spec.low <= number <= spec.high:
         raise CronError(expr, f"{spec.name}: {text} out of range {spec.low}-{spec.high}")
     return number
 
 
 def _check_fires(schedule: CronSchedule) -> None:
-    """Reject expressions that can never match, such as 30 February."""
+    """Reject expressions that can never match, such as 30 February, with CronNeverFires."""
     try:
         croniter(schedule.fields, datetime(2000, 1, 1), second_at_beginning=True).get_next()
     except (ValueError, KeyError):  # croniter's errors derive from ValueError
-        raise CronError(schedule.expr, "never fires") from None
+        raise CronNeverFires(schedule.expr) from None
 
 
 # --- next fire time ---------------------------------------------------------------------------

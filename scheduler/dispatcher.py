@@ -1,9 +1,10 @@
 """Queued executions → launches: which may start now, and with what command.
 
 The command comes from a ``[workers."topic:job"]`` or ``[workers."topic"]`` table (``{info}`` =
-the rendered template, as one argument), else the rendered template is itself the command line.
-Without ``shell = true`` the line is split with shlex and run directly, so no value from meta or
-a template is ever interpreted by a shell; with it, ``{info}`` and meta values are shell-quoted.
+the rendered template, as one argument), else the template is itself the command line: split
+into arguments first, then each token filled in inside its argument, so a value from meta or a
+file path is one argument whatever it holds. Nothing runs through a shell unless the worker
+sets ``shell = true``; then ``{info}`` and meta values are shell-quoted.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def build_launch(execution: Execution, spec: PhaseSpec, config: Config) -> Launc
         quoted = {key: shlex.quote(value) for key, value in execution.meta.items()}
         command = templates.render(spec.template, execution.task_time, quoted)
     else:
-        command = execution.info
+        command = _template_args(execution, spec)
     return Launch(
         callable=python_worker(worker.python) if worker and worker.python else None,
         execution_id=execution.id,
@@ -96,6 +97,15 @@ def python_worker(target: str) -> Callable[[Launch], Result | Reply | None]:
     if not callable(value):
         raise ExecutorError(f"python worker {target}: not callable")
     return cast(Callable[[Launch], Result | Reply | None], value)
+
+
+def _template_args(execution: Execution, spec: PhaseSpec) -> list[str]:
+    """The template split into arguments before its values are filled in (see
+    ``templates.args_of``), so a value never adds or splits an argument."""
+    try:
+        return templates.args_of(spec.template, execution.info, execution.task_time, execution.meta)
+    except ValueError as exc:
+        raise ExecutorError(f"cannot split command: {exc}") from None
 
 
 def _with_info(command: str, info: str, shell: bool) -> str | list[str]:

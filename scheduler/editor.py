@@ -574,18 +574,48 @@ def new_file_path(folder: Path, name: str) -> tuple[Path, str]:
     bad = key.startswith("/") or "\\" in key or "//" in key
     if bad or not parts or any(p in (".", "..") or p.startswith(".") for p in parts):
         raise WorkflowError(name, "a workflow name is a relative path without '.' or '..' parts")
-    return folder.joinpath(*parts), "/".join(parts)
+    path = folder.joinpath(*parts)
+    if not _inside(folder, path):  # a sub-folder that is a symbolic link to elsewhere
+        raise WorkflowError(str(path), f"outside the workflow folder {folder}: not written")
+    return path, "/".join(parts)
 
 
 def resolve_file(workflows: Path, given: str) -> tuple[Path, str]:
     """The workflow file ``given`` names (relative to the workflow folder, ``.toml`` optional,
-    or an existing path) and its file key. Raises WorkflowError if there is none."""
+    or an existing path) and its file key. Raises WorkflowError if there is none, or if it is
+    not a workflow file (see ``check_workflow_file``)."""
     root = workflows if workflows.is_dir() else workflows.parent
     names = [given] if given.endswith(".toml") else [given, f"{given}.toml"]
     for candidate in [root / name for name in names] + [Path(name) for name in names]:
         if candidate.is_file():
+            check_workflow_file(workflows, candidate)
             return candidate, _key_of(root, candidate)
     raise WorkflowError(given, f"no such workflow file (looked in {root})")
+
+
+def check_workflow_file(workflows: Path, path: Path) -> None:
+    """Raises WorkflowError naming ``path`` unless it is a file an edit may write: a ``*.toml``
+    inside the workflow folder, or the workflow file itself in single-file mode. A symbolic
+    link counts as where it points and as where it stands (writing replaces the link), so
+    both must be inside; this keeps the config file and everything else out of reach."""
+    if workflows.is_dir():
+        allowed = path.name.endswith(".toml") and _inside(workflows, path)
+    else:
+        allowed = _lexical(path) == _lexical(workflows) and path.resolve() == workflows.resolve()
+    if not allowed:
+        raise WorkflowError(str(path), f"outside the workflow folder {workflows}: not edited")
+
+
+def _inside(folder: Path, path: Path) -> bool:
+    """Whether ``path`` is below ``folder`` both as written and with symbolic links followed."""
+    written = any(_lexical(path).is_relative_to(f) for f in (_lexical(folder), folder.resolve()))
+    real = path.resolve().is_relative_to(folder.resolve())
+    return written and real and path.resolve() != folder.resolve()
+
+
+def _lexical(path: Path) -> Path:
+    """``path`` absolute with ``..`` folded away, symbolic links left as they are."""
+    return Path(os.path.normpath(path.absolute()))
 
 
 def _key_of(root: Path, path: Path) -> str:

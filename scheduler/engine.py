@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from scheduler import dispatcher, filetrigger, notify, planner
+from scheduler import dispatcher, filetrigger, notify, planner, sla
 from scheduler import graph as dag
 from scheduler.catalog import Catalog
 from scheduler.clock import Clock
@@ -37,7 +37,7 @@ from scheduler.errors import TomlflowError
 from scheduler.executor import Executor, Launch, Outcome, Result, kill_orphan
 from scheduler.followup import FollowUp, after_end, resume_row
 from scheduler.retry import draw_jitter
-from scheduler.store import file_reports, history, lease, retention, watched
+from scheduler.store import backup, file_reports, history, lease, retention, watched
 from scheduler.store.db import Database
 from scheduler.store.file_reports import FileReport, Source
 from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
@@ -108,7 +108,7 @@ class Engine:
         self.db = db
         self.executor = executor
         self.clock = clock
-        self.catalog = Catalog(db, config.workflows, clock)
+        self.catalog = Catalog(db, config.workflows, clock, config.workers)
         self.rng = rng or random.Random()
         self.workflows = config.workflow_root
         self._snapshot: Snapshot | None = None
@@ -128,6 +128,8 @@ class Engine:
         self.notifier = notify.AlertThread(notify.Notifier(db, config.alerts))
         self.watcher: FolderWatcher | None = None  # seeded from the database at its first poll
         self._next_watch: datetime | None = None
+        self.deadlines = sla.DeadlineCheck(db, config.timezone)  # rule key sla
+        self.backups = backup.PeriodicBackup(db, config.backup, config.backup_every)
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class Engine:
         for launch in launches:
             self.executor.submit(launch)
         report.started = len(launches)
+        self.deadlines.poll(now, lambda: list(snapshot.specs.values()))  # sla.py; own transaction
         self.notifier.poll(now)  # hands due alerts to the alert thread; returns at once
         return report
 
@@ -508,6 +511,7 @@ class Engine:
                 if on_tick is not None:
                     on_tick(report)
                 self._prune_if_due(self.clock.now())
+                self.backups.poll(self.clock.now())  # [scheduler] backup, on its own thread
                 self.wait(self.next_wakeup(self.clock.now()))
         finally:
             self.shutdown()

@@ -8,6 +8,8 @@ command line can print ``str(exc)`` and exit 2 without a traceback.
 
 from __future__ import annotations
 
+from scheduler.redact import redact
+
 
 class TomlflowError(Exception):
     """Base of every error tomlflow raises on purpose."""
@@ -21,7 +23,7 @@ class ConfigError(TomlflowError):
         self.key = key
         self.reason = reason
         where = f"{path}: {key}" if key else path
-        super().__init__(f"{where}: {reason}")
+        super().__init__(redact(f"{where}: {reason}"))
 
 
 class DurationError(TomlflowError):
@@ -49,6 +51,13 @@ class CronError(TomlflowError):
         super().__init__(f"invalid cron: {expr} {reason}")
 
 
+class CronNeverFires(CronError):
+    """A cron expression that is well formed but matches no time at all (``0 0 30 2 *``)."""
+
+    def __init__(self, expr: str) -> None:
+        super().__init__(expr, "never fires")
+
+
 class WorkflowError(TomlflowError):
     """A workflow file, or one phase in it, cannot be read or used."""
 
@@ -74,12 +83,13 @@ class TaskNotFound(TomlflowError):
 
 
 class StoreError(TomlflowError):
-    """The database cannot be opened, migrated or written."""
+    """The database cannot be opened, migrated or written. The message never shows the URL's
+    password: drivers quote URLs and DSNs in their errors."""
 
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         self.reason = reason
-        super().__init__(f"database {url}: {reason}")
+        super().__init__(redact(f"database {url}: {reason}", url))
 
 
 class ExecutorError(TomlflowError):

@@ -42,6 +42,8 @@ class RawPhase:
     template: str = ""
     problems: tuple[str, ...] = ()  # bad values: errors
     unknown_keys: tuple[str, ...] = ()  # warnings
+    # 1-based among the file's [[phase]] tables (0: unknown); where a phase is, not what it is
+    position: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def parse_bytes(key: str, data: bytes, modified: datetime | None = None) -> File
         document = tomli.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         return FileLoad(key, digest, modified, error=f"not UTF-8 text: byte {exc.start}")
-    except tomli.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4300 digits
         return FileLoad(key, digest, modified, error=f"invalid TOML: {exc}")
     except RecursionError:  # tomllib recurses per nesting level
         return FileLoad(key, digest, modified, error="invalid TOML: nested too deeply")
@@ -180,7 +182,8 @@ def parse_bytes(key: str, data: bytes, modified: datetime | None = None) -> File
     arrays = [value for name, value in document.items() if name.lower() == "phase"]
     if not all(_is_table_array(value) for value in arrays):
         return FileLoad(key, digest, modified, error="'phase' must be an array of tables")
-    phases = tuple(read_phase(table) for array in arrays for table in array if table)
+    tables = [table for array in arrays for table in array]
+    phases = tuple(read_phase(t, position=n) for n, t in enumerate(tables, 1) if t)
     return FileLoad(key, digest, modified, phases=phases)
 
 
@@ -188,7 +191,7 @@ def _is_table_array(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, dict) for item in value)
 
 
-def read_phase(table: dict[str, Any]) -> RawPhase:
+def read_phase(table: dict[str, Any], position: int = 0) -> RawPhase:
     """One ``[[phase]]`` table → RawPhase, keys matched case-insensitively."""
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -206,7 +209,9 @@ def read_phase(table: dict[str, Any]) -> RawPhase:
     if not values.get("task"):
         problems.append("missing key: task")
     values["task"] = normalise_task(values.get("task", ""), values.get("rule", ""))
-    return RawPhase(**values, problems=tuple(problems), unknown_keys=tuple(unknown))
+    return RawPhase(
+        **values, problems=tuple(problems), unknown_keys=tuple(unknown), position=position
+    )
 
 
 def _type_ok(name: str, value: Any) -> bool:

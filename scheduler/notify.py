@@ -16,6 +16,7 @@ its timeout never holds up a scheduler tick.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -25,10 +26,11 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from scheduler.config import AlertsConfig
 from scheduler.errors import StoreError
+from scheduler.redact import redact
 from scheduler.store import alerting
 from scheduler.store.alerting import AlertKind, PendingAlert
 from scheduler.store.db import Database
@@ -256,18 +258,21 @@ class Notifier:
 
     def _post(self, payload: Payload) -> bool:
         assert self.webhook
-        request = urllib.request.Request(
-            self.webhook,
-            data=json.dumps(payload).encode("utf-8"),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
         try:
+            url, headers = _with_basic_auth(self.webhook)
+            request = urllib.request.Request(
+                url,
+                data=json.dumps(payload).encode("utf-8"),
+                headers={"Content-Type": "application/json", **headers},
+                method="POST",
+            )
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()
         except (OSError, ValueError, http.client.HTTPException) as exc:
             # OSError covers URLError, HTTPError (non-2xx), refused connections and timeouts.
-            log.warning("alert webhook %s failed: %s", _where(self.webhook), exc)
+            # Errors may quote parts of the URL (http.client: "nonnumeric port: 'pw@host'").
+            log.warning("alert webhook %s failed: %s", _where(self.webhook),
+                        redact(str(exc), self.webhook))
             return False
         return True
 
@@ -323,13 +328,37 @@ def _immediate(alerts: list[PendingAlert]) -> list[_Message]:
 
 def _usable(webhook: str) -> str:
     """The webhook if it is an http(s) URL; otherwise '' (with a warning when one was set)."""
-    if webhook and urlsplit(webhook).scheme not in ("http", "https"):
+    if webhook and _scheme(webhook) not in ("http", "https"):
         log.warning("[alerts] webhook is not an http(s) URL; alerts are only recorded")
         return ""
     return webhook
 
 
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:  # e.g. an unclosed '[': not a URL at all
+        return ""
+
+
 def _where(url: str) -> str:
-    # A webhook URL carries its secret in the path: log only where it points.
+    # A webhook URL carries its secret in the path, the query or user:password@: log only
+    # where it points.
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
+
+
+def _with_basic_auth(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without ``user:password@`` and the Authorization header that carries them
+    (urllib would take them for part of the host)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    if parts.username is None and parts.password is None:
+        return url, {}
+    host = parts.netloc.rpartition("@")[2]
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}

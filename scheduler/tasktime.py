@@ -38,13 +38,20 @@ def _pattern(regex: str, scope: Callable[[str], str] = _whole) -> _Pattern:
 _Y, _M, _D, _H = r"(?P<y>\d{4})", r"(?P<m>\d{2})", r"(?P<d>\d{2})", r"(?P<H>\d{2})"
 _MIN_SEC = r"(?P<M>\d{2})(?P<S>\d{2})"
 
-# Query-style keys, looked for anywhere in an info string, in flowlord's order: the first shape
-# with a valid match wins, so `?day=` beats `?hour=`. Unanchored like flowlord's, which also lets
-# Hive-style partitions (`/dt/day=2024-01-02/`) count.
-_QUERY_PATTERNS = (
-    _pattern(rf"(?:day|date)[=:]{_Y}-{_M}-{_D}"),
-    _pattern(rf"hour(?:_utc)?[=:]{_Y}-{_M}-{_D}T{_H}"),
-    _pattern(rf"time(?:stamp)?[=:]{_Y}-{_M}-{_D}T{_H}:(?P<M>\d{{2}}):(?P<S>\d{{2}})Z"),
+# Query-style keys, looked for anywhere in an info string, in flowlord's order: the keys
+# `day`/`date`, then `hour`/`hour_utc`, then `time`/`timestamp` (so `?day=` beats `?hour=`), and
+# for each the value read as flowlord does: a full timestamp first, then an hour, then a day
+# (`?date=2020-03-05T15` is 15:00). Unanchored like flowlord's, which also lets Hive-style
+# partitions (`/dt/day=2024-01-02/`) count.
+_ZONE = r"(?P<z>[Zz]|[+-]\d{2}:\d{2})?"
+_VALUE_SHAPES = (
+    rf"{_Y}-{_M}-{_D}T{_H}:(?P<M>\d{{2}}):(?P<S>\d{{2}})(?:\.\d+)?{_ZONE}",
+    rf"{_Y}-{_M}-{_D}T{_H}",
+    rf"{_Y}-{_M}-{_D}",
+)
+_QUERY_KEYS = ("(?:day|date)", "hour(?:_utc)?", "time(?:stamp)?")
+_QUERY_PATTERNS = tuple(
+    _pattern(rf"{keys}[=:]{shape}") for keys in _QUERY_KEYS for shape in _VALUE_SHAPES
 )
 
 # Path shapes in flowlord's PathTime order. Two are ours, placed so that whenever flowlord finds
@@ -70,8 +77,10 @@ _AT_FORM = re.compile(
 def time_from_text(text: str) -> datetime | None:
     """Return the task time named in a file path or info string, or None when it names none.
 
-    Order (flowlord's InfoTime, then PathTime): ``day=``/``date=`` ``YYYY-MM-DD``; ``hour=``
-    ``YYYY-MM-DDTHH``; ``time=`` ``YYYY-MM-DDTHH:MM:SSZ``; then, in the path part only (the query
+    Order (flowlord's InfoTime, then PathTime): the value of ``day=``/``date=``, then of
+    ``hour=``/``hour_utc=``, then of ``time=``/``timestamp=``, each read as a full timestamp
+    (``YYYY-MM-DDTHH:MM:SS`` with ``Z`` or an offset, or none for UTC), else ``YYYY-MM-DDTHH``,
+    else ``YYYY-MM-DD``; then, in the path part only (the query
     and fragment of a URL are dropped): a ``YYYYMMDDTHHMMSS`` in the file name; an hour slug
     ``YYYY/MM/DD/HH``; a day slug ``YYYY/MM/DD``; ``YYYY-MM-DDTHH``; ``YYYY-MM-DD``; a month
     slug ``YYYY/MM``; a ``YYYYMMDDTHHMMSS`` in a folder name. A shape whose every match is not a
@@ -108,11 +117,17 @@ def _time_from_match(match: re.Match[str]) -> datetime | None:
         return default if value is None else int(value)
 
     try:
-        return datetime(
+        moment = datetime(
             field("y", 1), field("m", 1), field("d", 1),
             field("H", 0), field("M", 0), field("S", 0), tzinfo=UTC,
         )  # fmt: skip
-    except ValueError:
+        zone = parts.get("z")
+        if zone and zone not in "Zz":
+            sign = -1 if zone[0] == "-" else 1
+            offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+            moment -= sign * offset  # the text is local time at that offset
+        return moment
+    except (ValueError, OverflowError):
         return None
 
 

@@ -35,6 +35,7 @@ Where we deliberately differ from flowlord (each makes a template render the sam
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 import uuid as uuid_module
 from collections.abc import Callable, Mapping
@@ -50,6 +51,11 @@ _TOKEN = re.compile(
     r")\}",
     re.ASCII,
 )
+
+# What looks meant as a token: braces around text that starts like a name, up to the first "}"
+# (so a slip like "{yyyy-{x}" is reported whole). "${HOME}" is the shell's, and "{"a": 1}" is
+# JSON, not a token.
+_TOKEN_LIKE = re.compile(r"(?<!\$)\{[A-Za-z_][^}\s]*\}")
 
 # Go's zero time.Time (year 1, January 1, 00:00 UTC) is how flowlord spells "no task time".
 _GO_ZERO = datetime(1, 1, 1)
@@ -71,6 +77,82 @@ def render(
     ``socket.gethostname()`` and ``uuid`` to 8 hex characters of a random UUID; each is only
     consulted when its token occurs. Raises ValueError for a naive ``task_time``.
     """
+    return _render(template, task_time, meta, host, uuid, lambda value: value)
+
+
+def render_args(
+    template: str,
+    task_time: datetime | None,
+    meta: Mapping[str, str] | None = None,
+    *,
+    host: str | None = None,
+    uuid: Callable[[], str] | None = None,
+) -> list[str]:
+    """The argument list ``template`` gives: split first (shlex, POSIX rules), then each token
+    filled in inside its own argument, so a value (a meta value, a path) is always exactly
+    one argument or part of one, whatever it holds: spaces, quotes, newlines.
+
+    Tokens render as in ``render``. Raises ValueError when the template itself does not split
+    (an unbalanced quote) or for a naive ``task_time``.
+    """
+    values: list[str] = []
+    mark = _marker(template)
+
+    def keep(value: str) -> str:
+        values.append(value)
+        return f"{mark}{len(values) - 1}{mark}"
+
+    marked = _render(template, task_time, meta, host, uuid, keep)
+    slot = re.compile(f"{mark}(\\d+){mark}")
+    return [slot.sub(lambda m: values[int(m.group(1))], arg) for arg in shlex.split(marked)]
+
+
+def args_of(
+    template: str, info: str, task_time: datetime | None, meta: Mapping[str, str] | None
+) -> list[str]:
+    """The argument list of a task queued as ``info`` (``render`` of ``template`` with this
+    task time and meta): ``render_args`` with the same values, ``{uuid}`` included, so the
+    command runs exactly what ``info`` says. When ``template`` no longer renders to ``info``
+    (the file changed since the task was queued), ``info`` itself split with shlex, as queued.
+
+    Raises ValueError when neither splits (an unbalanced quote).
+    """
+    ident = _uuid_in(template, info, task_time, meta)
+    if ident is not None and render(template, task_time, meta, uuid=lambda: ident) == info:
+        return render_args(template, task_time, meta, uuid=lambda: ident)
+    return shlex.split(info)
+
+
+def _uuid_in(
+    template: str, info: str, task_time: datetime | None, meta: Mapping[str, str] | None
+) -> str | None:
+    """The ``{uuid}`` value ``info`` was rendered with ("" when it has none); None when
+    ``info`` is not a rendering of ``template``."""
+    mark = _marker(template + info)
+    pattern = re.escape(render(template, task_time, meta, uuid=lambda: mark))
+    # the first {uuid} captures, later ones must repeat it
+    pattern = pattern.replace(re.escape(mark), "(?P<id>[0-9a-f]{8})", 1)
+    found = re.fullmatch(pattern.replace(re.escape(mark), "(?P=id)"), info, re.DOTALL)
+    if found is None:
+        return None
+    return found.groupdict().get("id") or ""
+
+
+def _marker(template: str) -> str:
+    """A character the template does not hold (from Unicode's private use area): it brackets
+    the slot of each value while the template is split, and shlex treats it as a letter."""
+    return next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in template)
+
+
+def _render(
+    template: str,
+    task_time: datetime | None,
+    meta: Mapping[str, str] | None,
+    host: str | None,
+    uuid: Callable[[], str] | None,
+    wrap: Callable[[str], str],
+) -> str:
+    """``render``, with every substituted value passed through ``wrap``."""
     head, tail = _split_comment(template)
     values = _time_values(task_time)
     ids = _Lazy(uuid or _random_id)
@@ -79,17 +161,25 @@ def render(
 
     def substitute(match: re.Match[str]) -> str:
         if (key := match.group("meta")) is not None:
-            return meta.get(key, "")
+            return wrap(meta.get(key, ""))
         name = (match.group("ci") or "").lower() or match.group("cs")
         if name == "host":
-            return hosts.get()
+            return wrap(hosts.get())
         if name == "pod":
-            return pod_name(hosts.get())
+            return wrap(pod_name(hosts.get()))
         if name == "uuid":
-            return ids.get()
-        return values.get(name, match.group(0))
+            return wrap(ids.get())
+        return wrap(values.get(name, match.group(0)))
 
     return _TOKEN.sub(substitute, head) + tail
+
+
+def unknown_tokens(template: str) -> list[str]:
+    """The ``{...}`` in ``template`` that look meant as tokens but are none (``{nope}``), in
+    order, each once. The part after a ``#`` is not rendered, so it is not looked at."""
+    head, _ = _split_comment(template)
+    found = [m.group(0) for m in _TOKEN_LIKE.finditer(head) if not _TOKEN.fullmatch(m.group(0))]
+    return list(dict.fromkeys(found))
 
 
 def pod_name(host: str) -> str:

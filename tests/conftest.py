@@ -11,9 +11,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from scheduler.catalog import Catalog
 from scheduler.store.db import Database
+
+# --- hypothesis profile ------------------------------------------------------------------------
+# Every run explores the same examples (derandomize) and keeps no example database between runs,
+# so a failure found once cannot make every later run fail from a stale saved example, and CI
+# and a laptop see the same thing. A failure prints the blob that reproduces it. No deadline: a
+# loaded machine must not turn a slow example into a failure.
+settings.register_profile(
+    "tomlflow", derandomize=True, database=None, print_blob=True, deadline=None
+)
+settings.load_profile("tomlflow")
 
 
 class ManualClock:

@@ -3,6 +3,7 @@ would: output, exit codes, one-line errors, and files that stay byte-identical w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,104 @@ def test_a_running_scheduler_sees_an_added_phase_on_its_next_refresh(
     report = catalog.get("report", "sub/etl.toml")
     assert report is not None
     assert (report.depends_on, report.status) == ("load", "")
+
+
+# -- edits stay in the workflow folder --------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, str | bytes]:
+    """Every entry below ``folder``: a link's target, a file's bytes."""
+    return {str(p): os.readlink(p) if p.is_symlink() else p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A workflow file outside the workflow folder."""
+    path = tmp_path / "elsewhere" / "other.toml"
+    path.parent.mkdir()
+    path.write_text(PIPELINE.replace('task =', 'task  ='), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("phase", "add", "{config}", "--task", "evil"),
+        ("phase", "add", "../tomlflow", "--task", "evil"),
+        ("phase", "add", "{outside}", "--task", "evil"),
+        ("phase", "add", "sub/../../elsewhere/other", "--task", "evil"),
+        ("phase", "add", "link_out", "--task", "evil"),
+        ("phase", "add", "linked_dir/other.toml", "--task", "evil"),
+        ("phase", "set", "link_out.toml", "extract", "--retry", "5"),
+        ("phase", "rm", "{outside}", "load"),
+        ("phase", "rm", "link_out", "load"),
+        ("fmt", "{outside}"),
+        ("fmt", "link_out"),
+        ("fmt", "{config}"),
+    ],
+)
+def test_edits_outside_the_workflow_folder_are_refused(
+    config: str, pipeline: Path, workflow_dir: Path, outside: Path, tmp_path: Path,
+    args: tuple[str, ...], capsys: pytest.CaptureFixture[str],
+) -> None:
+    (workflow_dir / "link_out.toml").symlink_to(outside)
+    (workflow_dir / "linked_dir").symlink_to(outside.parent, target_is_directory=True)
+    before = snapshot(tmp_path)
+    argv = [a.format(config=config, outside=outside) for a in args]
+
+    assert run(config, *argv) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "outside the workflow folder" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_fmt_of_every_file_refuses_a_link_to_outside_and_formats_the_rest(
+    config: str, pipeline: Path, workflow_dir: Path, outside: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (workflow_dir / "link_out.toml").symlink_to(outside)
+    pipeline.write_text(PIPELINE.replace('task = "load"', 'task =  "load"'), encoding="utf-8")
+    kept = outside.read_bytes()
+
+    assert run(config, "fmt") == 2
+
+    captured = capsys.readouterr()
+    assert captured.err == (f"error: {workflow_dir / 'link_out.toml'}: outside the workflow"
+                            f" folder {workflow_dir}: not edited\n")
+    assert captured.out == "formatted sub/etl.toml\n"
+    assert outside.read_bytes() == kept and (workflow_dir / "link_out.toml").is_symlink()
+    assert pipeline.read_text(encoding="utf-8") == PIPELINE
+
+
+def test_workflow_new_refuses_a_sub_folder_linked_to_outside(
+    config: str, workflow_dir: Path, outside: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workflow_dir / "linked_dir").symlink_to(outside.parent, target_is_directory=True)
+
+    assert run(config, "workflow", "new", "linked_dir/evil") == 2
+
+    assert "outside the workflow folder" in capsys.readouterr().err
+    assert not (outside.parent / "evil.toml").exists()
+
+
+def test_single_file_mode_edits_only_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workflow = tmp_path / "etl.toml"
+    workflow.write_text(PIPELINE, encoding="utf-8")
+    config = tmp_path / "tomlflow.toml"
+    config.write_text(f'[scheduler]\nworkflows = "etl.toml"\ndatabase = "sqlite:///{tmp_path}/t.db"\n',
+                      encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    kept = config.read_bytes()
+
+    assert run(str(config), "phase", "add", "tomlflow", "--task", "evil") == 2
+    assert "outside the workflow folder" in capsys.readouterr().err
+    assert config.read_bytes() == kept
+
+    assert run(str(config), "phase", "add", "etl", "--task", "report", "--depends-on", "load") == 0
+    assert 'task = "report"' in workflow.read_text(encoding="utf-8")
+

@@ -16,14 +16,17 @@ BROKEN = """
 [[phase]]
 task = "good"
 rule = "cron=0 5 * * *"
+template = "echo good"
 
 [[phase]]
 task = "lost"
 depends_on = "nobody"
+template = "echo lost"
 
 [[phase]]
 task = "odd"
 rule = "cron=@daily&colour=red"
+template = "echo odd"
 """
 
 
@@ -88,18 +91,25 @@ def test_refresh_prints_changed_keys(project: Path, capsys: pytest.CaptureFixtur
     assert main(["refresh"]) == 0
     assert capsys.readouterr().out.strip() == "no changes"
     # one added, one removed
-    (project / "workflows" / "new.toml").write_text('[[phase]]\ntask = "n"\nrule = "cron=@daily"\n')
+    (project / "workflows" / "new.toml").write_text(
+        '[[phase]]\ntask = "n"\nrule = "cron=@daily"\ntemplate = "true"\n'
+    )
     (project / "workflows" / "orders.toml").unlink()
     assert main(["refresh", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "changed": ["new.toml", "-orders.toml"],
         "errors": {},
+        "phase_errors": [],
     }
 
 
 def test_phases_json(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["refresh"]) == 0
+    capsys.readouterr()
     assert main(["phases", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)
+    assert data["broken_files"] == []
+    rows = data["phases"]
     assert [(r["task"], r["depends_on"], r["status"]) for r in rows] == [
         ("extract:orders", "", ""),
         ("publish", "transform", ""),
@@ -111,6 +121,7 @@ def test_phases_json(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_phases_table(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["refresh"]) == 0
     assert main(["phases"]) == 0
     out = capsys.readouterr().out
     assert "extract:orders" in out and "transform" in out and "ok" in out
@@ -207,3 +218,54 @@ def test_help_is_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("init", "validate", "refresh", "phases", "graph"):
         assert command in out
+
+
+def test_validate_says_a_phase_has_no_command_and_a_worker_fixes_it(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a typo that leaves a phase with no template ("templat") and no [workers] command
+    (project / "workflows" / "typo.toml").write_text(
+        '[[phase]]\ntask = "t"\nrule = "cron=@daily"\ntemplat = "echo"\n'
+    )
+    assert main(["validate"]) == 1
+    out = capsys.readouterr().out
+    assert "typo.toml [t]: no command: set template or a [workers] command" in out
+    # when the configuration gives the topic a worker command, then the same file is clean
+    (project / "tomlflow.toml").write_text('[workers."t"]\ncommand = "run {info}"\n')
+    assert main(["validate"]) == 0
+
+
+def test_init_config_points_to_docs_the_source_distribution_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a new project, then its config names the reference pages without a repository path
+    monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
+    assert main(["init", str(tmp_path / "new")]) == 0
+    config = (tmp_path / "new" / "tomlflow.toml").read_text()
+    assert "docs/WORKFLOWS.md" in config and "config.example.toml" in config
+    assert "tomlflow --help" in config
+    # and the source distribution carries both
+    manifest = (REPO / "MANIFEST.in").read_text().splitlines()
+    assert "include config.example.toml" in manifest
+    assert "recursive-include docs *.md" in manifest
+
+
+def test_init_json_lists_what_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TOMLFLOW_CONFIG", raising=False)
+    target = tmp_path / "new"
+    assert main(["init", str(target), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {
+        "created": [str(target / "tomlflow.toml"), str(target / "workflows" / "example.toml")],
+        "kept": [],
+        "database": str(target / "tomlflow.db"),
+    }
+
+
+def test_a_database_url_is_printed_without_its_password() -> None:
+    from scheduler.store.db import where
+
+    shown = where("postgresql+psycopg://etl:s3cret@db.example:5432/tomlflow")
+    assert "s3cret" not in shown and "etl:***@db.example" in shown

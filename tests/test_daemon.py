@@ -123,21 +123,26 @@ def test_kill_9_then_restart_recovers_without_running_twice(site: Path, daemons)
     wait_for(lambda: not alive(orphan.pid), timeout=5)
 
 
-def test_second_scheduler_is_refused_while_the_first_runs(site: Path, daemons) -> None:
-    first = daemons()
+def holds_lease(site: Path, daemon: subprocess.Popen[str]) -> Callable[[], bool]:
+    """A check that ``daemon`` holds the lease: it has started (its signal handlers are set)."""
 
     def leased() -> bool:
-        """the first daemon holds the lease"""
+        """the daemon holds the lease"""
         if not (site / "tomlflow.db").exists():
             return False
         db = Database(f"sqlite:///{site / 'tomlflow.db'}")
         try:
             with db.read() as conn:
-                return conn.execute(select(scheduler_lease.c.pid)).scalar() == first.pid
+                return conn.execute(select(scheduler_lease.c.pid)).scalar() == daemon.pid
         finally:
             db.close()
 
-    wait_for(leased)
+    return leased
+
+
+def test_second_scheduler_is_refused_while_the_first_runs(site: Path, daemons) -> None:
+    first = daemons()
+    wait_for(holds_lease(site, first))
 
     second = cli(site, "run")
 
@@ -163,8 +168,7 @@ def test_sigterm_cancels_running_execution_and_queues_it_again(site: Path, daemo
 
 def test_sighup_refreshes_an_edited_workflow_file(site: Path, daemons) -> None:
     daemon = daemons()
-    wait_for(lambda: (site / "tomlflow.db").exists())
-    time.sleep(0.5)
+    wait_for(holds_lease(site, daemon))  # started: a SIGHUP before its handler would end it
     (site / "workflows" / "w.toml").write_text(
         SLEEPER + '\n[[phase]]\ntask = "added"\ndepends_on = "sleeper"\ntemplate = "true"\n'
     )

@@ -243,7 +243,7 @@ def test_pause_and_resume_set_the_flag_and_status_shows_it(
     assert (paused["paused"], paused["cron"]) == (1, "")
     assert paused["first_seen"] == paused["evaluated_until"] >= iso(before)
     assert cli("status", "--json") == 0
-    shown = {r["task"]: r["paused"] for r in json.loads(capsys.readouterr().out)}
+    shown = {r["task"]: r["paused"] for r in json.loads(capsys.readouterr().out)["phases"]}
     assert shown["sql:load"] is True and shown["root"] is False
     # when paused again, then nothing changes; when resumed, the flag is cleared
     assert cli("pause", "sql:load") == 0

@@ -171,6 +171,11 @@ def test_invalid_durations(text: str, status: str) -> None:
         ("cron=@every", "invalid cron: @every "),
         ("cron=@every -5m", "invalid cron: @every -5m "),
         ("cron=@every 99999999999999999999h", "invalid cron: @every 99999999999999999999h "),
+        ("cron=@every 500ms", "invalid cron: @every 500ms "),  # flowlord's floor is a second
+        ("cron=@every 36526d", "invalid cron: @every 36526d "),
+        # no int() of 5000 digits (Python refuses more than 4300)
+        pytest.param(f"cron=0 {'9' * 5000} * * *", "invalid cron: 0 999", id="hour-5000-digits"),
+        pytest.param(f"cron=*/{'9' * 5000} * * * *", "invalid cron: */999", id="step-5000-digits"),
     ],
 )
 def test_invalid_cron_status_names_the_expression(text: str, start: str) -> None:
@@ -183,21 +188,40 @@ def test_invalid_cron_status_names_the_expression(text: str, start: str) -> None
 @pytest.mark.parametrize(
     ("text", "start"),
     [
-        ("retry_backoff=linear", "invalid rule value: retry_backoff=linear"),
-        ("by=year", "invalid rule value: by=year"),
-        ("catchup=some", "invalid rule value: catchup=some"),
-        ("tz=Mars/Base", "invalid rule value: tz=Mars/Base"),
-        ("tz=", "invalid rule value: tz="),
-        ("tz=America", "invalid rule value: tz=America"),  # a folder of the zone database
-        ("tz=" + "a" * 300, "invalid rule value: tz=aaa"),  # a name too long for a file
-        ("tz=../../etc/passwd", "invalid rule value: tz=../../etc/passwd"),
-        ("concurrency=0", "invalid rule value: concurrency=0"),
-        ("concurrency=-1", "invalid rule value: concurrency=-1"),
-        ("concurrency=two", "invalid rule value: concurrency=two"),
-        ("concurrency=1.5", "invalid rule value: concurrency=1.5"),
-        ("concurrency=²", "invalid rule value: concurrency=²"),  # isdigit() but not a number
-        ("files=/in/[abc", "invalid rule value: files=/in/[abc (bad glob: malformed [ class)"),
-        ("files=/in/x\\", "invalid rule value: files=/in/x\\ (bad glob: trailing \\)"),
+        ("retry_backoff=linear", "invalid value: retry_backoff=linear"),
+        ("by=year", "invalid value: by=year"),
+        ("catchup=some", "invalid value: catchup=some"),
+        ("tz=Mars/Base", "invalid value: tz=Mars/Base"),
+        ("tz=", "invalid value: tz="),
+        ("tz=America", "invalid value: tz=America"),  # a folder of the zone database
+        pytest.param("tz=" + "a" * 300, "invalid value: tz=aaa", id="tz-too-long-for-a-file"),
+        ("tz=../../etc/passwd", "invalid value: tz=../../etc/passwd"),
+        ("concurrency=0", "invalid value: concurrency=0"),
+        ("concurrency=-1", "invalid value: concurrency=-1"),
+        ("concurrency=two", "invalid value: concurrency=two"),
+        ("concurrency=1.5", "invalid value: concurrency=1.5"),
+        ("concurrency=²", "invalid value: concurrency=²"),  # isdigit() but not a number
+        ("files=/in/[abc", "invalid value: files=/in/[abc (bad glob: malformed [ class)"),
+        ("files=/in/x\\", "invalid value: files=/in/x\\ (bad glob: trailing \\)"),
+        # ranges: nothing a rule says may overflow a date, a step count or a column later
+        ("offset=36526d", "invalid value: offset=36526d (want at most 36525d either way)"),
+        ("offset=-36526d", "invalid value: offset=-36526d (want at most 36525d either way)"),
+        ("retry_delay=-1s", "invalid value: retry_delay=-1s (want 0 or more)"),
+        ("retry_delay=40000d", "invalid value: retry_delay=40000d"),
+        ("retry_max_delay=40000d", "invalid value: retry_max_delay=40000d"),
+        ("timeout=40000d", "invalid value: timeout=40000d"),
+        ("for=-40000d", "invalid value: for=-40000d"),
+        ("for=20000d&by=hour", "invalid value: for=20000d (more than 100000 tasks per fire)"),
+        ("for=-3000d&meta=a:1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,"
+         "26,27,28,29,30,31,32,33,34", "invalid value: for=-3000d (more than 100000 tasks"),
+        pytest.param("meta=a:" + ",".join(["x"] * 100_001), "invalid value: meta=a:x,x,",
+                     id="meta-100001-rows"),
+        ("concurrency=1000001", "invalid value: concurrency=1000001 (want a whole number from 1"),
+        pytest.param("concurrency=" + "9" * 5000, "invalid value: concurrency=999",
+                     id="concurrency-5000-digits"),
+        ("job=%00", "invalid value: job=\\0 (NUL byte)"),
+        ("meta-file=rows%00.json", "invalid value: meta-file=rows\\0.json (NUL byte)"),
+        ("cron=0 5 * * *&x%00=1", "invalid value: x\\0=1 (NUL byte)"),
     ],
 )
 def test_bad_values(text: str, start: str) -> None:
@@ -205,6 +229,7 @@ def test_bad_values(text: str, start: str) -> None:
     with pytest.raises(RuleError) as caught:
         parse_rule(text)
     assert caught.value.status.startswith(start)
+    assert len(caught.value.status) < 200  # a long value is shown cut
 
 
 def test_a_usable_glob_is_kept_as_written() -> None:
@@ -245,13 +270,13 @@ def test_meta_rows(text: str, rows: list[dict[str, str]]) -> None:
     ],
 )
 def test_meta_lists_must_match_in_length(text: str) -> None:
-    with pytest.raises(RuleError, match=r"^invalid rule value: meta=.*differ in length"):
+    with pytest.raises(RuleError, match=r"^invalid value: meta=.*differ in length"):
         parse_rule(text)
 
 
 @pytest.mark.parametrize("text", ["meta=abc", "meta=:a,b", "meta=name:a|value"])
 def test_meta_needs_name_and_values(text: str) -> None:
-    with pytest.raises(RuleError, match=r"^invalid rule value: meta="):
+    with pytest.raises(RuleError, match=r"^invalid value: meta="):
         parse_rule(text)
 
 

@@ -211,8 +211,8 @@ def test_version_5_database_gets_file_reports_and_the_watched_state(db: Database
             table.drop(conn)
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version > 5))
     assert db.version() == 5
-    # when migrated, then it is at version 6 with the tables and their indexes
-    assert db.migrate() == len(MIGRATIONS)
+    # when migrated, then it is at the newest version with the tables and their indexes
+    assert db.migrate() == len(MIGRATIONS) >= 6
     with db.read() as conn:
         found = inspect(conn)
         assert {"file_reports", "watched_roots", "watched_files"} <= set(found.get_table_names())

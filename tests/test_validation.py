@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.config import WorkerConfig
 from scheduler.loader import RawPhase
-from scheduler.validation import NON_SCHEDULED, PhaseSpec, Severity, validate_file
+from scheduler.validation import (
+    NO_COMMAND,
+    NON_SCHEDULED,
+    PhaseSpec,
+    Severity,
+    require_command,
+    validate_file,
+)
 
 
 def one(raw: RawPhase) -> PhaseSpec:
@@ -194,5 +202,171 @@ def test_empty_file_gives_no_specs() -> None:
 def test_a_malformed_files_glob_is_an_error_even_beside_a_cron() -> None:
     # given a glob that could never match, then the phase says so instead of silently never firing
     spec = one(RawPhase(task="t", rule="cron=0 5 * * *&files=/in/[ab"))
-    assert spec.status == "invalid rule value: files=/in/[ab (bad glob: malformed [ class)"
+    assert spec.status == "invalid value: files=/in/[ab (bad glob: malformed [ class)"
     assert spec.severity is Severity.ERROR
+
+
+# --- every value range-checked: nothing reaches the store that it cannot hold ----------------
+
+HUGE = 9223372036854775808  # one past the largest 64-bit integer
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (RawPhase(task="t", rule="cron=@daily", retry=HUGE),
+         f"invalid value: retry={HUGE} (want 0 to 2147483646)"),
+        (RawPhase(task="t", rule="cron=@daily", retry=2**31 - 1),
+         "invalid value: retry=2147483647 (want 0 to 2147483646)"),
+        (RawPhase(task="t", rule="cron=@daily", template="echo \0"),
+         "invalid value: template=echo \\0 (NUL byte)"),
+        pytest.param(RawPhase(task="t", rule="cron=@daily", depends_on="p" * 513),
+                     f"invalid value: depends_on={'p' * 100}… (longer than 512 bytes)",
+                     id="long-depends_on"),
+        (RawPhase(task="t", rule="cron=@daily&job=%00"),
+         "invalid value: job=\\0 (NUL byte)"),
+    ],
+)  # fmt: skip
+def test_a_value_out_of_range_is_an_invalid_value(raw: RawPhase, status: str) -> None:
+    spec = one(raw)
+    assert spec.status.startswith(status)
+    assert spec.severity is Severity.ERROR
+
+
+def test_an_out_of_range_retry_is_stored_as_zero() -> None:
+    assert one(RawPhase(task="t", rule="cron=@daily", retry=HUGE)).retry == 0
+
+
+def test_the_largest_retry_the_database_holds_is_fine() -> None:
+    assert one(RawPhase(task="t", rule="cron=@daily", retry=2**31 - 2)).status == ""
+
+
+@pytest.mark.parametrize(
+    ("task", "reason"),
+    [pytest.param("t" * 513, "longer than 512 bytes", id="513-chars"),
+     pytest.param("é" * 257, "longer than 512 bytes", id="514-bytes"),
+     pytest.param("a\0b", "NUL byte", id="nul")],
+)  # fmt: skip
+def test_a_task_that_cannot_be_a_key_is_named_by_its_position(task: str, reason: str) -> None:
+    specs = validate_file(
+        "w.toml",
+        [RawPhase(task="ok", rule="cron=@daily"), RawPhase(task=task, rule="cron=@daily")],
+    )
+    assert [s.task for s in specs] == ["ok", "phase 2"]
+    assert specs[1].status.startswith("invalid value: task=") and reason in specs[1].status
+
+
+def test_a_phase_without_task_is_named_by_its_file_and_position() -> None:
+    # given three phases of which the third has no task, when validated, then it is "phase 3"
+    specs = validate_file(
+        "w.toml",
+        [
+            RawPhase(task="a", rule="cron=@daily"),
+            RawPhase(task="b", depends_on="a"),
+            RawPhase(problems=("missing key: task",), rule="cron=@daily", position=3),
+        ],
+    )
+    missing = specs[-1]
+    assert (missing.file_path, missing.task, missing.status) == (
+        "w.toml", "phase 3", "missing key: task",
+    )  # fmt: skip
+    assert missing.severity is Severity.ERROR
+
+
+def test_two_phases_without_task_are_two_errors_not_a_duplicate() -> None:
+    specs = validate_file(
+        "w.toml",
+        [RawPhase(problems=("missing key: task",), position=n) for n in (1, 2)],
+    )
+    assert [s.task for s in specs] == ["phase 1", "phase 2"]
+    assert all("duplicate" not in s.status for s in specs)
+
+
+def test_every_stored_field_is_storable_whatever_the_phase_held() -> None:
+    spec = one(RawPhase(task="t", rule="cron=\0&x=%00", template="a\0b", depends_on="d\0"))
+    stored = [spec.task, spec.depends_on, spec.rule_text, spec.template, spec.status]
+    assert not any("\0" in text for text in stored)
+    assert spec.severity is Severity.ERROR
+
+
+def test_a_status_is_cut_to_what_an_index_entry_holds() -> None:
+    keys = tuple(f"k{i}" * 30 for i in range(99))
+    raw = RawPhase(task="t", rule="cron=@daily", unknown_keys=keys)
+    status = one(raw).status
+    assert len(status.encode()) <= 2000
+    assert status.startswith("unknown key: k0k0") and status.endswith("…")
+
+
+# --- phases that never fire on a clock: manual ones, and crons that match no time ------------
+
+
+@pytest.mark.parametrize("rule", ["manual=1", "manual=", "manual=yes&retry_delay=5m"])
+def test_a_manual_phase_is_valid_without_cron_depends_on_or_files(rule: str) -> None:
+    spec = one(RawPhase(task="t", rule=rule, template="echo"))
+    assert (spec.status, spec.runnable) == ("", True)
+    assert spec.rule is not None and spec.rule.manual and spec.rule.cron is None
+
+
+def test_a_cron_beside_manual_is_ignored_with_a_warning() -> None:
+    spec = one(RawPhase(task="t", rule="manual=1&cron=0 5 * * *", template="echo"))
+    assert spec.rule is not None and spec.rule.cron is None  # the planner never fires it
+    assert spec.status == "cron ignored: manual phase has no schedule (0 5 * * *)"
+    assert spec.severity is Severity.WARNING
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 31 4 *", "0 0 0 31 11 ?"])
+def test_a_cron_that_never_fires_is_a_warning(cron: str) -> None:
+    spec = one(RawPhase(task="t", rule=f"cron={cron}", template="echo"))
+    assert spec.status == f"cron never fires: {cron}"
+    assert spec.severity is Severity.WARNING
+    assert spec.rule is not None and spec.rule.cron is None and spec.rule.never_fires
+
+
+@pytest.mark.parametrize(
+    ("template", "status"),
+    [
+        ("cmd {nope}", "unknown template token: {nope}"),
+        ("cmd {yyyy-{x}", "unknown template token: {yyyy-{x}"),
+        ("cmd {info} {Min}", "unknown template token: {info}; unknown template token: {Min}"),
+        ("cmd {meta:}", "unknown template token: {meta:}"),
+        ("cmd {yyyy}{MM}{dd} {meta:file} {TS} {host} #{later}", ""),
+        ("""python3 -c "print({'a': 1})" ${HOME}""", ""),  # Python and the shell's braces
+    ],
+)
+def test_an_unknown_template_token_is_a_warning(template: str, status: str) -> None:
+    spec = one(RawPhase(task="t", rule="cron=@daily", template=template))
+    assert spec.status == status
+    assert spec.runnable
+
+
+# --- a phase that cannot run: no template and no worker command -----------------------------
+
+
+def test_require_command_is_an_error_without_template_or_worker() -> None:
+    spec = one(RawPhase(task="t:j", rule="cron=@daily&colour=red"))
+    checked = require_command(spec, {})
+    assert checked.status == f"{NO_COMMAND}; unknown key: colour"
+    assert checked.severity is Severity.ERROR and not checked.runnable
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [
+        {"t": WorkerConfig(command="run {info}")},
+        {"t:j": WorkerConfig(command="run {info}")},
+        {"t": WorkerConfig(python="pkg.mod:fn")},
+    ],
+)
+def test_a_worker_command_is_a_command(workers: dict[str, WorkerConfig]) -> None:
+    spec = one(RawPhase(task="t:j", rule="cron=@daily"))
+    assert require_command(spec, workers) == spec
+
+
+def test_a_worker_without_command_does_not_count() -> None:
+    spec = one(RawPhase(task="t", rule="cron=@daily"))
+    assert require_command(spec, {"t": WorkerConfig(timeout=None)}).status == NO_COMMAND
+
+
+def test_a_template_is_a_command() -> None:
+    spec = one(RawPhase(task="t", rule="cron=@daily", template="echo"))
+    assert require_command(spec, {}) == spec

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from scheduler.ai.tools import Toolbox, ToolResult
 from scheduler.errors import TomlflowError
+from scheduler.redact import redact
 from scheduler.tasktime import iso
 
 log = logging.getLogger(__name__)
@@ -134,5 +135,6 @@ def _text(content: list[Any]) -> str:
 
 
 def _first_line(text: str) -> str:
+    """The first line of an API error, without credentials (a proxy URL may carry some)."""
     lines = str(text).strip().splitlines()
-    return lines[0] if lines else ""
+    return redact(lines[0]) if lines else ""

@@ -18,6 +18,7 @@ from typing import Any
 from scheduler import query
 from scheduler.durations import parse_duration
 from scheduler.errors import DurationError, TomlflowError
+from scheduler.redact import redact
 from scheduler.store.history import Status, Trigger
 from scheduler.store.readonly import ReadOnlyDatabase
 from scheduler.tasktime import parse_at
@@ -79,7 +80,7 @@ class Toolbox:
         try:
             data, rows = tool.handler(self, arguments or {})
         except TomlflowError as exc:
-            return ToolResult(str(exc), True, 0)
+            return ToolResult(redact(str(exc)), True, 0)
         return ToolResult(json.dumps(data, default=str, ensure_ascii=False), False, rows)
 
     def time_arg(self, args: Mapping[str, Any], key: str) -> datetime | None:

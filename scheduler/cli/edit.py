@@ -157,6 +157,7 @@ def fmt(files: tuple[str, ...], check: bool, config_path: str | None) -> int:
     changed, failed = [], False
     for path, key in targets:
         try:
+            editor.check_workflow_file(workflows, path)
             if editor.format_file(path, key, check=check):
                 changed.append(key)
         except WorkflowError as exc:

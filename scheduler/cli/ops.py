@@ -1,18 +1,25 @@
-"""Day-two commands: backfill, retry, pause, resume, prune."""
+"""Day-two commands: backfill, retry, pause, resume, mark, prune, backup, doctor."""
 
 from __future__ import annotations
 
+import getpass
+import os
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from scheduler import backfill as backfills
+from scheduler import doctor as doctors
+from scheduler.cli import confirm
 from scheduler.cli.common import (
+    App,
     ExitCode,
     config_option,
+    err_console,
     file_option,
     find_phase,
     json_option,
@@ -22,13 +29,20 @@ from scheduler.cli.common import (
     print_json,
     runnable_phase,
 )
+from scheduler.config import load_config
+from scheduler.doctor import Level
 from scheduler.durations import parse_duration
 from scheduler.errors import DurationError, TomlflowError
+from scheduler.followup import after_end
 from scheduler.rules import BatchBy
+from scheduler.store import backup as backups
 from scheduler.store import history, reruns, retention
-from scheduler.store.history import NewExecution
+from scheduler.store.db import Database
+from scheduler.store.history import Execution, NewExecution, Status
 from scheduler.tasktime import iso
 from scheduler.validation import PhaseSpec
+
+QUEUE_CHUNK = 1000  # backfill rows per write transaction
 
 
 def _by(_ctx: click.Context, _param: click.Parameter, value: str | None) -> BatchBy | None:
@@ -58,6 +72,7 @@ def _by(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Batc
     help="JSON-lines file, one task per line per time.",
 )
 @click.option("--execute", is_flag=True, help="Queue the tasks (default: only show them).")
+@confirm.yes_option
 @file_option
 @config_option
 @json_option
@@ -70,11 +85,15 @@ def backfill(
     metas: tuple[str, ...],
     meta_file: Path | None,
     execute: bool,
+    yes: bool,
     file_path: str | None,
     config_path: str | None,
     as_json: bool,
 ) -> int:
-    """Show (or with --execute queue) TASK's runs over a range of task times."""
+    """Show (or with --execute queue) TASK's runs over a range of task times.
+
+    On a terminal, queueing more than 1,000 runs asks first (--yes does not ask).
+    """
     when = (option_time(start, "--from"), option_time(end, "--to"), option_time(at, "--at"))
     now = datetime.now(UTC)
     low, high = backfills.time_range(*when, now)
@@ -87,11 +106,27 @@ def backfill(
             planned = backfills.plan(spec, low, high, step, rows, now)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        if execute and not confirm.go_ahead(
+            f"queue {len(planned):,} runs of {spec.task}", len(planned), yes
+        ):
+            out_console().print("nothing queued", highlight=False)
+            return ExitCode.FAILED
         if execute:
-            with app.db.write() as conn:
-                history.insert_executions(conn, planned, now)
+            _queue(app, planned, now)
     _report_backfill(spec, step, planned, execute, as_json)
     return ExitCode.OK
+
+
+def _queue(app: App, planned: list[NewExecution], now: datetime) -> None:
+    """Insert in chunks, each its own short transaction, so that a running scheduler is never
+    kept waiting long and the progress bar moves. An interrupted backfill keeps the chunks it
+    queued (`history --status queued` shows them)."""
+    with confirm.progress("queueing", len(planned)) as advance:
+        for start in range(0, len(planned), QUEUE_CHUNK):
+            chunk = planned[start : start + QUEUE_CHUNK]
+            with app.db.write() as conn:
+                history.insert_executions(conn, chunk, now)
+            advance(len(chunk))
 
 
 def _report_backfill(
@@ -178,11 +213,18 @@ def retry(execution_id: int, downstream: bool, config_path: str | None, as_json:
     return ExitCode.OK
 
 
-def _set_paused(task: str, file_path: str | None, config_path: str | None, paused: bool) -> int:
+def _set_paused(
+    task: str, file_path: str | None, config_path: str | None, paused: bool, as_json: bool
+) -> int:
     with open_app(config_path) as app:
         spec = find_phase(app, task, file_path)
         with app.db.write() as conn:
             changed = reruns.set_paused(conn, spec.file_path, spec.task, paused, datetime.now(UTC))
+    if as_json:
+        print_json(
+            {"file_path": spec.file_path, "task": spec.task, "paused": paused, "changed": changed}
+        )
+        return ExitCode.OK
     word = "paused" if paused else "resumed"
     state = word if changed else f"already {word}"
     note = ""
@@ -198,18 +240,92 @@ def _set_paused(task: str, file_path: str | None, config_path: str | None, pause
 @click.argument("task")
 @file_option
 @config_option
-def pause(task: str, file_path: str | None, config_path: str | None) -> int:
+@json_option
+def pause(task: str, file_path: str | None, config_path: str | None, as_json: bool) -> int:
     """Stop TASK's cron fires until `resume` (trigger, backfill and retry still run it)."""
-    return _set_paused(task, file_path, config_path, True)
+    return _set_paused(task, file_path, config_path, True, as_json)
 
 
 @click.command()
 @click.argument("task")
 @file_option
 @config_option
-def resume(task: str, file_path: str | None, config_path: str | None) -> int:
+@json_option
+def resume(task: str, file_path: str | None, config_path: str | None, as_json: bool) -> int:
     """Let TASK's cron fire again; times missed while paused follow its catchup policy."""
-    return _set_paused(task, file_path, config_path, False)
+    return _set_paused(task, file_path, config_path, False, as_json)
+
+
+# -- mark ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("execution_id", type=int)
+@click.argument("result", type=click.Choice(["complete", "error"]))
+@click.option("--msg", default="", help="Why; stored after who marked it.")
+@config_option
+@json_option
+def mark(execution_id: int, result: str, msg: str, config_path: str | None, as_json: bool) -> int:
+    """Set a finished (or stuck) execution's result by hand, as Airflow's mark success/failed.
+
+    complete releases its children as a real completion would; error queues no retry. The
+    execution's msg says who marked it (visible in `history`).
+    """
+    status, now = Status(result), datetime.now(UTC)
+    note = f"marked {result} by {_who()}" + (f": {msg}" if msg else "")
+    with open_app(config_path) as app:
+        release = _releaser(app, execution_id, now)
+        try:
+            with app.db.write() as conn:
+                marked = reruns.mark(conn, execution_id, status, note, now, release)
+        except reruns.MarkRefused as exc:
+            err_console().print(f"error: {exc}", markup=False, highlight=False)
+            return ExitCode.FAILED
+    if as_json:
+        print_json(
+            {
+                "execution_id": execution_id,
+                "status": result,
+                "was": marked.before.status.value,
+                "changed": marked.changed,
+                "released": marked.released,
+                "msg": note if marked.changed else marked.before.msg,
+            }
+        )
+        return ExitCode.OK
+    text = f"execution {execution_id} ({marked.before.task}): already {result}"
+    if marked.changed:
+        text = f"execution {execution_id} ({marked.before.task}): {note}"
+        text += f"; released {marked.released} child runs" if marked.released else ""
+    out_console().print(text, highlight=False, markup=False)
+    return ExitCode.OK
+
+
+def _who() -> str:
+    """The OS user running the command (a uid where the system has no name for it)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no LOGNAME/USER and no passwd entry, as in some containers
+        return f"uid {os.getuid()}"
+
+
+def _releaser(app: App, execution_id: int, now: datetime) -> reruns.Release:
+    """What a completion of the execution releases, decided as the engine decides it. The
+    phases are read here, before the mark's write transaction, which then only inserts."""
+    app.catalog.refresh()
+    with app.db.read() as conn:
+        execution = history.get_execution(conn, execution_id)
+    if execution is None:
+        raise TomlflowError(f"no execution with id {execution_id}")
+    spec = app.catalog.get(execution.task, execution.file_path)
+    children = app.catalog.children(execution.file_path, execution.task) if spec else []
+    workflows = app.config.workflow_root
+
+    def release(current: Execution) -> list[NewExecution]:
+        follow = after_end(current, Status.COMPLETE, "", {}, spec, children, now, 0.0, workflows)
+        return follow.rows
+
+    return release
 
 
 # -- prune ----------------------------------------------------------------------------------------
@@ -219,21 +335,29 @@ def resume(task: str, file_path: str | None, config_path: str | None) -> int:
 @click.option("--older-than", "older_than", metavar="DURATION", help="e.g. 90d (default: config).")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.option("--batch", default=retention.DEFAULT_BATCH, show_default=True, type=click.IntRange(1))
+@confirm.yes_option
 @config_option
 @json_option
 def prune(
-    older_than: str | None, dry_run: bool, batch: int, config_path: str | None, as_json: bool
+    older_than: str | None,
+    dry_run: bool,
+    batch: int,
+    yes: bool,
+    config_path: str | None,
+    as_json: bool,
 ) -> int:
     """Delete executions that ended long ago, with their logs and alerts, and old file reports
-    (never workflows)."""
+    (never workflows). On a terminal, deleting more than 1,000 rows asks first (--yes does
+    not ask)."""
     with open_app(config_path) as app:
         age = _age(older_than) if older_than else app.config.retention
         if age is None:
             raise click.UsageError("give --older-than (e.g. 90d) or set [retention] executions")
         cutoff = datetime.now(UTC) - age
-        counts = (
-            retention.count(app.db, cutoff) if dry_run else retention.prune(app.db, cutoff, batch)
-        )
+        counts = retention.count(app.db, cutoff) if dry_run else _prune(app, cutoff, batch, yes)
+        if counts is None:
+            out_console().print("nothing deleted", highlight=False)
+            return ExitCode.FAILED
     if as_json:
         print_json({"dry_run": dry_run, "cutoff": iso(cutoff), **asdict(counts)})
         return ExitCode.OK
@@ -246,6 +370,82 @@ def prune(
     return ExitCode.OK
 
 
+def _prune(app: App, cutoff: datetime, batch: int, yes: bool) -> retention.PruneCounts | None:
+    """Prune with a progress bar, after asking on a terminal when it is large; None when the
+    person declined. Rows are counted first only when someone may be asked or shown a bar."""
+    total = None
+    if confirm.is_terminal():
+        total = retention.count(app.db, cutoff).total
+        if not confirm.go_ahead(f"delete {total:,} rows (before {iso(cutoff)})", total, yes):
+            return None
+    with confirm.progress("deleting", total) as advance:
+        return retention.prune(app.db, cutoff, batch, advance)
+
+
+# -- backup --------------------------------------------------------------------------------------
+
+
+@click.command(name="backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@config_option
+@json_option
+def backup_cmd(path: Path, config_path: str | None, as_json: bool) -> int:
+    """Copy the SQLite database to PATH, consistent while the scheduler runs, verified with
+    quick_check, and atomic (PATH holds the old copy or the new one). PostgreSQL: use pg_dump."""
+    config = load_config(config_path)
+    db = Database(config.database, migrate=False)
+    try:
+        source = backups.sqlite_file(db)
+        if not source.is_file():
+            raise TomlflowError(f"no database at {source}: nothing to back up")
+        if path.absolute() == source.absolute():
+            raise click.BadParameter("is the database itself", param_hint="PATH")
+        result = backups.backup(db, path)
+    finally:
+        db.close()
+    if as_json:
+        print_json({"path": str(result.path), "bytes": result.bytes, "quick_check": "ok"})
+        return ExitCode.OK
+    out_console().print(
+        f"backed up {source} to {result.path} ({result.bytes:,} bytes, quick_check ok, "
+        f"{result.seconds:.1f} s)",
+        highlight=False,
+        markup=False,
+    )
+    return ExitCode.OK
+
+
+# -- doctor --------------------------------------------------------------------------------------
+
+_LEVEL_STYLE = {Level.OK: "green", Level.WARN: "yellow", Level.FAIL: "red"}
+
+
+@click.command()
+@config_option
+@json_option
+def doctor(config_path: str | None, as_json: bool) -> int:
+    """One screen of health: database, schema, integrity, WAL, tables, scheduler lease,
+    workflow errors, disk, queue. Exits 1 when something needs action (each says what)."""
+    report = doctors.examine(load_config(config_path), datetime.now(UTC))
+    if as_json:
+        print_json(report.as_dict())
+        return ExitCode.FAILED if report.needs_action else ExitCode.OK
+    console = out_console()
+    for f in report.findings:
+        line = Text(f"{f.level.value:<5} ", style=_LEVEL_STYLE[f.level])
+        line.append(f"{f.check:<14} {f.detail}")
+        if f.action:
+            line.append(f" → {f.action}", style="bold")
+        console.print(line, highlight=False)
+    if report.tables:
+        sizes = ", ".join(
+            f"{t.name} {t.rows:,}" + (f" ({doctors.human(t.bytes)})" if t.bytes else "")
+            for t in report.tables
+        )
+        console.print(Text(f"{'info':<5} {'tables':<14} {sizes}"), highlight=False)
+    return ExitCode.FAILED if report.needs_action else ExitCode.OK
+
+
 def _age(text: str) -> timedelta:
     try:
         age = parse_duration(text)
@@ -256,4 +456,4 @@ def _age(text: str) -> timedelta:
     return age
 
 
-COMMANDS = [backfill, retry, pause, resume, prune]
+COMMANDS = [backfill, retry, pause, resume, mark, prune, backup_cmd, doctor]

@@ -26,18 +26,18 @@ from scheduler.clock import SystemClock
 from scheduler.config import Config, load_config
 from scheduler.durations import parse_duration
 from scheduler.errors import DurationError
-from scheduler.store.db import Database
+from scheduler.store.db import open_existing
 from scheduler.store.readonly import ReadOnlyDatabase
 from scheduler.tasktime import iso, parse_at
 
 
 @contextmanager
 def _readonly(config_path: str | None) -> Iterator[tuple[Config, ReadOnlyDatabase]]:
-    """The configuration and a read-only connection to its database (created and migrated
-    first, like every command does, so the views exist)."""
+    """The configuration and a read-only connection to its existing database (never created:
+    NoDatabase when there is none; its schema must be this tomlflow's, so the views exist)."""
     config = load_config(config_path)
-    Database(config.database).close()
-    db = ReadOnlyDatabase(config.database)
+    open_existing(config.database).close()
+    db = ReadOnlyDatabase(config.query_database)
     try:
         yield config, db
     finally:
@@ -156,7 +156,8 @@ def _escape(text: str) -> str:
 @click.argument("question")
 @click.option("--verbose", is_flag=True, help="Show each tool call and its result on stderr.")
 @config_option
-def ask(question: str, verbose: bool, config_path: str | None) -> int:
+@json_option
+def ask(question: str, verbose: bool, config_path: str | None, as_json: bool) -> int:
     """Ask Claude about your pipelines (needs ANTHROPIC_API_KEY); it reads, never writes."""
     from scheduler.ai import ask as asking  # the SDK loads only for this command
 
@@ -168,6 +169,9 @@ def ask(question: str, verbose: bool, config_path: str | None) -> int:
             model=config.ai.model, max_turns=config.ai.max_turns, now=clock.now(),
             on_call=_show_call if verbose else None,
         )
+    if as_json:
+        print_json({"question": question, "answer": answer})
+        return ExitCode.OK
     out_console().print(answer, markup=False, highlight=False)
     return ExitCode.OK
 

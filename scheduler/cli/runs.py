@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from scheduler import planner, timing
+from scheduler.cli import logview
 from scheduler.cli.common import (
     App,
     ExitCode,
@@ -25,21 +25,29 @@ from scheduler.cli.common import (
     find_phase,
     json_option,
     open_app,
+    open_reader,
     option_time,
     out_console,
+    parse_meta,
+    print_broken,
     print_json,
+    read_workflows,
     runnable_phase,
     short_time,
 )
 from scheduler.clock import SystemClock
-from scheduler.engine import Engine, TickReport
-from scheduler.errors import TomlflowError
-from scheduler.executor import LocalExecutor
-from scheduler.store import browse, history
+from scheduler.durations import parse_duration
+from scheduler.errors import DurationError, TaskNotFound
+from scheduler.store import browse, history, lease
 from scheduler.store.browse import EXPORT_CAP, RunFilter
 from scheduler.store.history import Status, Trigger
-from scheduler.tasktime import iso
-from scheduler.validation import PhaseSpec
+from scheduler.store.search import SearchQuery
+from scheduler.store.workflows import PhaseRow, file_rows, phase_rows
+from scheduler.tasktime import iso, parse_at
+
+if TYPE_CHECKING:  # the engine loads only for `run` (see scheduler.cli: fast to start)
+    from scheduler.engine import Engine, TickReport
+    from scheduler.validation import PhaseSpec
 
 _STATUS_COLOURS = {
     "complete": "green",
@@ -55,6 +63,9 @@ _STATUS_COLOURS = {
 
 @contextmanager
 def _engine(app: App) -> Iterator[Engine]:
+    from scheduler.engine import Engine
+    from scheduler.executor import LocalExecutor
+
     clock = SystemClock()
     executor = LocalExecutor(app.config.max_workers, clock.now)
     yield Engine(app.config, app.db, executor, clock)
@@ -148,8 +159,10 @@ def trigger(
     as_json: bool,
 ) -> int:
     """Queue one manual run of TASK (topic or topic:job); `run` executes it."""
+    from scheduler import planner
+
     task_time = option_time(at, "--at") or datetime.now(UTC)
-    meta = _parse_meta(metas)
+    meta = parse_meta(metas)
     with open_app(config_path) as app:
         spec = runnable_phase(find_phase(app, task, file_path))
         now = datetime.now(UTC)
@@ -162,68 +175,66 @@ def trigger(
             app.config.workflow_root,
         )
         with app.db.write() as conn:
-            history.insert_executions(conn, rows, now)
+            ids = history.insert_returning_ids(conn, rows, now)
+    queued = [
+        {
+            "id": execution_id,
+            "task": r.task,
+            "task_time": iso(r.task_time) if r.task_time else None,
+            "info": r.info,
+            "task_id": r.task_id,
+        }
+        for execution_id, r in zip(ids, rows, strict=True)
+    ]
     if as_json:
-        print_json(
-            [
-                {
-                    "task": r.task,
-                    "task_time": iso(r.task_time) if r.task_time else None,
-                    "info": r.info,
-                    "task_id": r.task_id,
-                }
-                for r in rows
-            ]
+        # "id" is the execution queued; a batch rule queues several, all in "ids".
+        print_json({"id": ids[0] if ids else None, "ids": ids, "executions": queued})
+        return ExitCode.OK
+    for item in queued:
+        out_console().print(
+            f"queued execution {item['id']}: {item['task']} for {item['task_time'] or '-'}: "
+            f"{item['info']}",
+            highlight=False,
+            markup=False,
         )
-    else:
-        for row in rows:
-            out_console().print(
-                f"queued {row.task} for {iso(row.task_time) if row.task_time else '-'}: {row.info}",
-                highlight=False,
-                markup=False,
-            )
     return ExitCode.OK
-
-
-def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
-    meta = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
-        meta[key] = value
-    return meta
 
 
 @click.command()
 @config_option
 @json_option
 def status(config_path: str | None, as_json: bool) -> int:
-    """One line per phase: last result, when, and the next cron fire."""
-    with open_app(config_path) as app:
-        app.catalog.refresh()
-        specs = app.catalog.phases()
-        with app.db.read() as conn:
-            latest = history.latest_by_phase(conn)
-            states = history.phase_states(conn)
+    """One line per phase, as the scheduler last loaded the workflow files: last result, when,
+    and the next cron fire; then whether a scheduler is running on the database, and each
+    workflow file that does not load. Reads only (see `refresh` to reload the files)."""
+    with open_reader(config_path) as reader, reader.db.read() as conn:
+        stored = phase_rows(conn)
+        broken = {key: row.error for key, row in file_rows(conn).items() if row.error}
+        latest = history.latest_by_phase(conn)
+        states = history.phase_states(conn)
+        holder = lease.current(conn)
+    now = datetime.now(UTC)
+    running = holder is not None and not holder.is_gone(now)
     rows: list[dict[str, Any]] = []
-    for spec in specs:
-        key = (spec.file_path, spec.task)
+    for phase in stored:
+        key = (phase.file_path, phase.task)
         last, state = latest.get(key), states.get(key)
         rows.append(
             {
-                "file_path": spec.file_path,
-                "task": spec.task,
-                "valid": spec.status or "ok",
+                "file_path": phase.file_path,
+                "task": phase.task,
+                "valid": phase.status or "ok",
                 "paused": bool(state and state.paused),
                 "last_status": last.status.value if last else None,
                 "last_task_time": iso(last.task_time) if last and last.task_time else None,
                 "last_ended_at": iso(last.ended_at) if last and last.ended_at else None,
-                "next_fire": _next_fire(spec, state, app.config.timezone),
+                "next_fire": _next_fire(phase, state, reader.config.timezone, now),
             }
         )
+    scheduler = _scheduler_json(holder, running, now)
     if as_json:
-        print_json(rows)
+        print_json({"scheduler": scheduler, "phases": rows,
+                    "broken_files": [{"file_path": k, "error": v} for k, v in broken.items()]})
         return ExitCode.OK
     table = Table("file", "task", "last", "task time", "ended", "next fire", "paused", box=None)
     for r in rows:
@@ -233,11 +244,44 @@ def status(config_path: str | None, as_json: bool) -> int:
             _colour(r["last_status"] or "-"),
             short_time(r["last_task_time"]),
             short_time(r["last_ended_at"]),
-            short_time(r["next_fire"]),
+            _next_fire_text(r["next_fire"], running, now),
             "yes" if r["paused"] else "",
         )
     out_console().print(table)
+    out_console().print(_scheduler_line(holder, running, now), highlight=False, markup=False)
+    print_broken(broken)
     return ExitCode.OK
+
+
+def _scheduler_json(holder: lease.Holder | None, running: bool, now: datetime) -> dict[str, Any]:
+    if holder is None:
+        return {"running": False}
+    return {
+        "running": running,
+        "host": holder.host,
+        "pid": holder.pid,
+        "since": iso(holder.since),
+        "heartbeat": iso(holder.heartbeat),
+        "heartbeat_age_seconds": round((now - holder.heartbeat).total_seconds(), 1),
+    }
+
+
+def _scheduler_line(holder: lease.Holder | None, running: bool, now: datetime) -> str:
+    """Who runs the schedule: the lease's holder and heartbeat age, or that nobody does."""
+    if holder is not None:
+        age = f"{max(0, round((now - holder.heartbeat).total_seconds()))}s ago"
+        who = f"pid {holder.pid} on {holder.host}, heartbeat {age}"
+        if running:
+            return f"scheduler: running ({who})"
+        return f"scheduler: not running (last: {who}); cron fires wait for `tomlflow run`"
+    return "scheduler: not running; cron fires wait for `tomlflow run`"
+
+
+def _next_fire_text(next_fire: str | None, running: bool, now: datetime) -> str:
+    # A fire time in the past means nobody is firing: say so instead of showing a stale time.
+    if next_fire is not None and not running and next_fire < iso(now):
+        return "no scheduler"
+    return short_time(next_fire)
 
 
 @click.command(name="history")
@@ -245,8 +289,8 @@ def status(config_path: str | None, as_json: bool) -> int:
 @click.option("--status", "status_filter", type=click.Choice([s.value for s in Status]))
 @click.option("--trigger", "trigger_filter", type=click.Choice([t.value for t in Trigger]))
 @file_option
-@click.option("--since", metavar="TIME", help="Created at or after: 2024-01-02, …T13, RFC 3339.")
-@click.option("--until", metavar="TIME", help="Created before this time.")
+@click.option("--since", metavar="AGE|TIME", help="Created at or after: 7d, 24h, 2024-01-02.")
+@click.option("--until", metavar="AGE|TIME", help="Created before: 1d, 2024-01-03.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, EXPORT_CAP))
 @click.option(
     "--format",
@@ -270,18 +314,23 @@ def history_cmd(
     as_json: bool,
 ) -> int:
     """Executions, newest first, filtered; export them as JSON or CSV (the dashboard's
-    Runs page filters and exports with the same query)."""
+    Runs page filters and exports with the same query). Exit 2 when TASK is neither a phase
+    nor in the history."""
+    now = datetime.now(UTC)
     where = RunFilter(
         task=task,
         file_path=file_path,
         status=Status(status_filter) if status_filter else None,
         trigger=Trigger(trigger_filter) if trigger_filter else None,
-        since=option_time(since, "--since"),
-        until=option_time(until, "--until"),
+        since=_age_or_time(since, "--since", now),
+        until=_age_or_time(until, "--until", now),
     )
     fmt = fmt or ("json" if as_json else "table")
-    with open_app(config_path) as app, app.db.read() as conn:
-        rows = list(browse.iter_runs(conn, where, cap=limit))
+    with open_reader(config_path) as reader:
+        with reader.db.read() as conn:
+            rows = list(browse.iter_runs(conn, where, cap=limit))
+        if task and not rows and not _is_phase(task, read_workflows(reader.config).specs):
+            raise TaskNotFound(task)
     if fmt == "json":
         print_json([browse.export_row(r) for r in rows])
     elif fmt == "csv":
@@ -291,6 +340,22 @@ def history_cmd(
     else:
         _history_table(rows)
     return ExitCode.OK
+
+
+def _age_or_time(text: str | None, option: str, now: datetime) -> datetime | None:
+    """``7d``/``24h`` (that long before now) or a time (``2024-01-02``); None for none."""
+    if text is None:
+        return None
+    try:
+        return now - abs(parse_duration(text))
+    except DurationError:
+        pass
+    try:
+        return parse_at(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected an age (7d, 24h) or a time (2024-01-02)", param_hint=option
+        ) from None
 
 
 def _history_table(rows: list[history.Execution]) -> None:
@@ -310,47 +375,75 @@ def _history_table(rows: list[history.Execution]) -> None:
 
 
 @click.command()
-@click.argument("execution_id", type=int)
+@click.argument("target", required=False, metavar="ID|TASK")
+@click.option("--follow", "-f", is_flag=True, help="Print new lines as they arrive, to the end.")
+@click.option("--tail", type=click.IntRange(1), metavar="N", help="Only the last N lines.")
+@click.option("--search", "words", metavar="TEXT", help="Search all stored output for words.")
+@click.option("--since", metavar="TIME", help="--search: lines from TIME (or a duration ago).")
+@click.option("--until", metavar="TIME", help="--search: lines before TIME.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
 @config_option
 @json_option
-def logs(execution_id: int, config_path: str | None, as_json: bool) -> int:
-    """The output lines of one execution."""
-    with open_app(config_path) as app, app.db.read() as conn:
-        execution = history.get_execution(conn, execution_id)
-        if execution is None:
-            raise TomlflowError(f"no execution with id {execution_id}")
-        lines = history.execution_logs_of(conn, execution_id)
-    if as_json:
-        print_json(
-            {
-                "execution": execution.as_dict(),
-                "logs": [
-                    {"seq": x.seq, "ts": iso(x.ts), "stream": x.stream, "line": x.line}
-                    for x in lines
-                ],
-            }
+def logs(
+    target: str | None,
+    follow: bool,
+    tail: int | None,
+    words: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    config_path: str | None,
+    as_json: bool,
+) -> int:
+    """The output lines of execution ID; with --search, matching lines of all (or TASK's) runs.
+
+    --follow exits when the execution ends: 0 when it completed, 1 otherwise.
+    """
+    if words is not None:
+        now = datetime.now(UTC)
+        query = SearchQuery(
+            words,
+            target,
+            logview.since_option(since, "--since", now),
+            logview.since_option(until, "--until", now),
+            limit,
         )
+        with open_reader(config_path) as reader:
+            logview.run_search(reader.db, query, as_json)
         return ExitCode.OK
-    console = out_console()
-    console.print(
-        f"# {execution.task} attempt {execution.attempt}: {execution.status.value} {execution.msg}",
-        highlight=False,
-        markup=False,
-    )
-    for x in lines:
-        style = "red" if x.stream == "stderr" else "dim" if x.stream == "system" else None
-        console.print(x.line, style=style, highlight=False, markup=False)
-    return ExitCode.OK
+    if since is not None or until is not None:
+        raise click.UsageError("--since and --until go with --search")
+    if target is None or not target.isdigit():
+        raise click.UsageError("give an execution ID (or --search TEXT)")
+    with open_reader(config_path) as reader:
+        return logview.show(reader.db, int(target), follow, tail, as_json)
 
 
-def _next_fire(spec: PhaseSpec, state: history.PhaseState | None, default_tz: str) -> str | None:
+def _is_phase(task: str, specs: list[PhaseSpec]) -> bool:
+    return any(task in (s.task, s.topic) for s in specs)
+
+
+def _next_fire(
+    phase: PhaseRow, state: history.PhaseState | None, default_tz: str, now: datetime
+) -> str | None:
     """The stored next fire; for a cron phase no scheduler has seen yet, the one from now."""
+    from zoneinfo import ZoneInfo
+
+    from scheduler import timing
+    from scheduler.errors import RuleError
+    from scheduler.rules import parse_rule
+
     if state is not None and state.next_fire is not None:
         return iso(state.next_fire)
-    if spec.runnable and spec.rule is not None and spec.rule.cron is not None:
-        zone = planner.zone_of(spec, default_tz)
-        return iso(timing.next_fire(spec.rule.cron, zone, datetime.now(UTC)))
-    return None
+    if phase.severity == "error":
+        return None
+    try:
+        rule = parse_rule(phase.rule)
+    except RuleError:
+        return None
+    if rule.cron is None:
+        return None
+    return iso(timing.next_fire(rule.cron, ZoneInfo(rule.tz or default_tz), now))
 
 
 def _colour(status_text: str, width: int = 0) -> str:

@@ -23,6 +23,7 @@ class AlertKind(StrEnum):
 
     FAILED = "failed"  # retries exhausted
     ALERT = "alert"  # an execution reported result ``alert``
+    SLA = "sla"  # a scheduled time's run missed its deadline (sla.py)
 
 
 @dataclass(frozen=True)

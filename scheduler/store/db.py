@@ -9,9 +9,11 @@ through the same code.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select, text
@@ -19,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from scheduler.errors import StoreError
+from scheduler.redact import redact
 from scheduler.store import schema
 from scheduler.tasktime import iso
 
@@ -100,6 +103,21 @@ def add_missing_columns(conn: Connection, table: Table) -> None:
             conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
+def _log_search_v8(conn: Connection) -> None:
+    """The full-text index of execution_logs (store/search.py), filled from the stored lines."""
+    from scheduler.store import search
+
+    search.create_index(conn)
+
+
+def _deadlines_v9(conn: Connection) -> None:
+    """Deadlines (rule key sla): how far each phase was checked, and a unique key that keeps
+    one missed-deadline alert per phase and task time (store/deadlines.py)."""
+    from scheduler.store import deadlines
+
+    deadlines.create(conn)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -109,15 +127,17 @@ MIGRATIONS: list[Migration] = [
     _phase_stats_v5,
     _file_reports_v6,
     _workflow_file_stat_v7,
+    _log_search_v8,
+    _deadlines_v9,
 ]
 
 
 class Database:
     """An open database: an engine plus the transaction doorway every write goes through."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, readonly: bool = False) -> None:
         self.url = url
-        self.engine = _make_engine(url)
+        self.engine = _readonly_engine(url) if readonly else _make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if migrate:
             self.migrate()
@@ -167,10 +187,108 @@ class Database:
                         version=current + 1, applied_at=iso(datetime.now(UTC))
                     )
                 )
-            log.info("database %s migrated to schema version %d", self.url, current + 1)
+            log.info("database %s migrated to schema version %d", redact(self.url), current + 1)
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class NoDatabase(StoreError):
+    """A command that only reads found no database; it never creates one."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "no database")
+        self.args = (f"no database at {where(url)}: run tomlflow init or tomlflow run first",)
+
+
+def open_existing(url: str) -> Database:
+    """The database at ``url``, opened read-only for commands that only read: never created,
+    never migrated. Raises NoDatabase when there is none (no SQLite file, or no tomlflow tables
+    in it), StoreError when its schema is not this tomlflow's."""
+    path = _sqlite_path(url)
+    if path is not None and not (path and Path(path).is_file()):
+        raise NoDatabase(url)
+    db = Database(url, migrate=False, readonly=True)
+    try:
+        current = db.version()
+    except BaseException:
+        db.close()
+        raise
+    if current != len(MIGRATIONS):
+        db.close()
+        if current == 0:
+            raise NoDatabase(url)
+        raise StoreError(where(url), _schema_mismatch(current))
+    return db
+
+
+def _schema_mismatch(current: int) -> str:
+    newest = len(MIGRATIONS)
+    if current > newest:
+        return f"schema version {current} is newer than this tomlflow's ({newest})"
+    return (
+        f"schema version {current} is older than this tomlflow's ({newest}): "
+        "run tomlflow refresh to upgrade it"
+    )
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL ("" for an in-memory one); None for other databases."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return "" if parsed.database in (None, ":memory:") else parsed.database
+
+
+def where(url: str) -> str:
+    """Where a database is, fit to print: a SQLite URL's file, else the URL with its password
+    hidden."""
+    path = _sqlite_path(url)
+    if path:
+        return path
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "the configured URL"
+
+
+def _readonly_engine(url: str) -> Engine:
+    """An engine on which the database itself refuses writes: SQLite opens the file with
+    ``mode=ro``; PostgreSQL sessions default to read-only transactions."""
+    path = _sqlite_path(url)
+    if path is None:
+        engine = _make_engine(url)
+
+        @event.listens_for(engine, "connect")
+        def _read_only_session(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cursor.close()
+
+        return engine
+    if not path:
+        raise NoDatabase(url)
+    engine = create_engine("sqlite://", creator=lambda: _connect_readonly(path))
+    _prepare_sqlite(engine)
+    return engine
+
+
+def _connect_readonly(path: str) -> sqlite3.Connection:
+    uri = "file:" + path.replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    raw = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    try:
+        raw.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        # A WAL database in a folder this user cannot write: SQLite cannot create the -shm
+        # file a reader needs, so the file is read as it stands (no writer can be there
+        # either without that folder).
+        raw.close()
+        raw = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+    raw.execute("PRAGMA query_only = 1")
+    return raw
 
 
 def _version(conn: Connection) -> int:

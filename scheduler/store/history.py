@@ -221,6 +221,18 @@ def insert_executions(conn: Connection, rows: Sequence[NewExecution], now: datet
     return inserted
 
 
+_INSERT_RETURNING_ID = insert(executions).returning(executions.c.id, sort_by_parameter_order=True)
+
+
+def insert_returning_ids(
+    conn: Connection, rows: Sequence[NewExecution], now: datetime
+) -> list[int]:
+    """Insert rows that are not cron fires (manual, backfill) and return their ids in order."""
+    if not rows:
+        return []
+    return [row.id for row in conn.execute(_INSERT_RETURNING_ID, [r.values(now) for r in rows])]
+
+
 _INSERT_CLAIMED = insert(executions).returning(*executions.c, sort_by_parameter_order=True)
 
 

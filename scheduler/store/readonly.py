@@ -1,14 +1,27 @@
 """Read-only access: a connection on which the database itself refuses every write.
 
 Users' SQL (``tomlflow sql``) and Claude's SQL (``ask``, ``mcp``) run here, so safety never
-depends on reading the statement. On SQLite the file is opened with ``mode=ro``, ``PRAGMA
-query_only`` is set, ATTACH is limited to zero databases, and an authorizer denies pragmas that
-set a value; a progress handler stops a query that runs past its time limit. On PostgreSQL
-every transaction is ``READ ONLY`` with a ``statement_timeout``. Other backends are refused.
+depends on reading the statement. Every call gets a new connection (no pool: no session state
+survives a call) and its own transaction, which is always rolled back.
+
+SQLite: the file is opened with ``mode=ro``, ``PRAGMA query_only`` is set, ATTACH is limited to
+zero databases, and an authorizer denies pragmas that set a value; the driver runs one
+statement per call; a progress handler stops a query that runs past its time limit.
+
+PostgreSQL: the transaction is ``READ ONLY`` with a ``SET LOCAL statement_timeout`` issued
+before the statement. Someone's SQL runs as the query of a cursor, ``DECLARE … CURSOR FOR
+<sql>``, sent with the extended query protocol: the server parses exactly one statement there,
+and a cursor takes only a query (SELECT, VALUES, TABLE, WITH … SELECT without data-modifying
+parts), so COMMIT, SET, COPY, DO, CALL, LOCK, PREPARE… are refused by the server's own parser.
+Its rows come from one FETCH, whose statement timer is armed before the query runs, so a
+``set_config('statement_timeout', …)`` inside the query cannot lift the limit on itself.
+A superuser can still read server files (``pg_read_file``): see docs/SECURITY.md for the
+read-only role to use instead. Other backends are refused.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +35,9 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.pool import NullPool
 
 from scheduler.errors import StoreError
+from scheduler.redact import redact
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -33,13 +49,20 @@ _READING_PRAGMAS = frozenset({
 })
 _PROGRESS_EVERY = 10_000  # SQLite virtual machine steps between deadline checks
 
+_CURSOR = "tomlflow_query"
+_DECLARE = f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR "
+_SYNTAX_ERROR = "42601"
+NOT_A_QUERY = "only a query can run on the read-only connection (SELECT, VALUES, TABLE, WITH)"
+ONE_STATEMENT = "only one statement at a time can run here"
+
 
 class QueryError(StoreError):
     """A read-only query was refused or failed; ``reason`` is the database's own first line."""
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(url, reason)
-        refused = "readonly" in reason or "not authorized" in reason
+        refused = any(word in reason for word in ("readonly", "not authorized",
+                                                  "read-only transaction"))
         hint = " (the connection is read-only)" if refused else ""
         self.args = (f"query failed: {reason}{hint}",)
 
@@ -75,7 +98,13 @@ class ReadOnlyDatabase:
         return self._fetch(lambda conn: conn.execute(text(sql), dict(params or {})), max_rows)
 
     def run_sql(self, sql: str, max_rows: int = 1000) -> QueryResult:
-        """Run someone's SQL exactly as written (no parameters: ``'a:b'`` stays a string)."""
+        """Run someone's SQL exactly as written (no parameters: ``'a:b'`` stays a string).
+
+        One statement, and on PostgreSQL one query (see the module docstring); raises
+        QueryError when the database refuses it.
+        """
+        if self.dialect == "postgresql":
+            return self._fetch_declared(sql, max_rows)
         return self._fetch(lambda conn: conn.exec_driver_sql(sql), max_rows)
 
     def _fetch(self, execute: Callable[[Connection], CursorResult[Any]],
@@ -91,13 +120,37 @@ class ReadOnlyDatabase:
                 raise QueryError(self.url, _reason(exc)) from None
         return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
 
+    def _fetch_declared(self, sql: str, max_rows: int) -> QueryResult:
+        """PostgreSQL: ``sql`` as a cursor's query, its rows from a single FETCH."""
+        import psycopg  # only a PostgreSQL URL gets here, and it needs psycopg anyway
+
+        with self._connection() as conn:
+            raw = conn.connection.driver_connection
+            try:
+                with raw.cursor() as cursor:  # type: ignore[union-attr]
+                    # binary=True makes psycopg send the statement with the extended query
+                    # protocol, where the server accepts exactly one statement. A DECLARE
+                    # returns no rows, so the result format does not matter.
+                    cursor.execute((_DECLARE + sql).encode(), binary=True)
+                    cursor.execute(f"FETCH FORWARD {max_rows + 1} FROM {_CURSOR}")
+                    columns = [c.name for c in cursor.description or ()]
+                    rows = [tuple(r) for r in cursor.fetchall()]
+            except psycopg.Error as exc:
+                raise QueryError(self.url, _postgresql_reason(exc, sql)) from None
+        return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
+
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
+        """A new connection in a new transaction, rolled back whatever happened in it."""
         try:
             with self.engine.connect() as conn:
                 _arm_deadline(conn, self.timeout_s)
-                with conn.begin():
+                transaction = conn.begin()
+                try:
                     yield conn
+                finally:
+                    _allow_rollback(conn)
+                    transaction.rollback()
         except DBAPIError as exc:
             raise QueryError(self.url, _reason(exc)) from None
 
@@ -128,7 +181,6 @@ def _sqlite_engine(path: str) -> Engine:
         raw.execute("PRAGMA query_only = 1")
         raw.execute("PRAGMA busy_timeout = 5000")
         raw.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        raw.set_authorizer(_authorize)
         return raw
 
     engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
@@ -136,14 +188,21 @@ def _sqlite_engine(path: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN DEFERRED")
+        # From here on the statement may not end, or nest in, the transaction we opened.
+        conn.connection.dbapi_connection.set_authorizer(_authorize)  # type: ignore[union-attr]
 
     return engine
 
 
+_DENIED = frozenset({sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_TRANSACTION,
+                     sqlite3.SQLITE_SAVEPOINT})
+
+
 def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
                _trigger: str | None) -> int:
-    """SQLite authorizer: deny ATTACH/DETACH and any pragma that is given a value to set."""
-    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+    """SQLite authorizer: deny ATTACH/DETACH, transaction control (BEGIN, COMMIT, ROLLBACK,
+    SAVEPOINT) and any pragma that is given a value to set."""
+    if action in _DENIED:
         return sqlite3.SQLITE_DENY
     if action == sqlite3.SQLITE_PRAGMA and arg2 is not None:
         reads = (arg1 or "").lower() in _READING_PRAGMAS
@@ -153,19 +212,34 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
 
 def _postgresql_engine(url: str, timeout_s: float) -> Engine:
     engine = create_engine(url, poolclass=NullPool)
+    limit_ms = max(1, int(timeout_s * 1000))
+    warned: list[bool] = []
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {limit_ms}")
+        conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {limit_ms}")
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         cursor.close()
+        if not warned and dbapi_conn.info.parameter_status("is_superuser") == "on":
+            warned.append(True)
+            log.warning("read-only queries log in as a superuser, who can read server files: "
+                        "set [scheduler] readonly_database to a role that may only SELECT "
+                        "(docs/SECURITY.md)")
 
     return engine
+
+
+def _allow_rollback(conn: Connection) -> None:
+    """On SQLite, lift the authorizer so that our own ROLLBACK may run."""
+    raw = conn.connection.dbapi_connection
+    if isinstance(raw, sqlite3.Connection):
+        raw.set_authorizer(None)
 
 
 def _arm_deadline(conn: Connection, timeout_s: float) -> None:
@@ -181,6 +255,23 @@ def _reason(exc: DBAPIError | StatementError) -> str:
     source = exc.orig if exc.orig is not None else exc
     first = str(source).strip().splitlines()
     reason = first[0] if first else type(source).__name__
-    if "interrupted" in reason:
+    if "interrupted" in reason or "statement timeout" in reason:
         return "query stopped: it ran longer than the time limit"
-    return reason
+    return redact(reason)
+
+
+def _postgresql_reason(exc: Any, sql: str) -> str:
+    """The server's first line, said in the user's terms where ours would confuse: a syntax
+    error at the statement's first word is most often a statement that is not a query (DELETE,
+    SET, COPY…), so the message says what may run."""
+    first = str(exc).strip().splitlines()
+    reason = first[0] if first else type(exc).__name__
+    if "multiple commands" in reason:
+        return ONE_STATEMENT
+    if "statement timeout" in reason:
+        return "query stopped: it ran longer than the time limit"
+    position = exc.diag.statement_position
+    start = len(_DECLARE) + len(sql) - len(sql.lstrip()) + 1  # the server counts from 1
+    if exc.sqlstate == _SYNTAX_ERROR and position is not None and int(position) == start:
+        return f"{redact(reason)}: {NOT_A_QUERY}"
+    return redact(reason)

@@ -1,5 +1,5 @@
-"""Operator writes: rerunning an execution (optionally clearing what it queued downstream), and
-pausing or resuming a phase's cron.
+"""Operator writes: rerunning an execution (optionally clearing what it queued downstream),
+pausing or resuming a phase's cron, and marking an execution complete or error by hand.
 
 Each public write runs inside the caller's one write transaction, so that the checks it makes
 (nothing of this task still queued, which children are still queued) hold when it writes: a
@@ -8,13 +8,21 @@ running scheduler claims rows in its own write transaction, never half-way throu
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
 
 from scheduler.errors import TomlflowError
-from scheduler.store.history import Execution, NewExecution, Status, get_execution
+from scheduler.store import lease
+from scheduler.store.history import (
+    Execution,
+    NewExecution,
+    Status,
+    get_execution,
+    insert_executions,
+)
 from scheduler.store.schema import executions, phase_state
 from scheduler.tasktime import iso
 
@@ -171,3 +179,77 @@ def set_paused(conn: Connection, file_path: str, task: str, paused: bool, now: d
         return False
     conn.execute(update(phase_state).where(where).values(paused=int(paused)))
     return True
+
+
+# -- mark ---------------------------------------------------------------------------------------
+
+
+class MarkRefused(TomlflowError):
+    """The execution cannot be marked now (it is queued, or a live scheduler is running it)."""
+
+
+@dataclass(frozen=True)
+class Marked:
+    """What ``mark`` did: the execution as it was, and how many rows the mark released."""
+
+    before: Execution
+    changed: bool
+    released: int
+
+
+MARKABLE = (Status.COMPLETE, Status.ERROR)
+Release = Callable[[Execution], Sequence[NewExecution]]
+
+
+def mark(
+    conn: Connection,
+    execution_id: int,
+    status: Status,
+    msg: str,
+    now: datetime,
+    release: Release,
+) -> Marked:
+    """Set a finished (or stuck running) execution's status to ``complete`` or ``error``.
+
+    Marking complete inserts what ``release(execution)`` returns (its children), in this same
+    transaction, as a real completion would; marking error releases nothing and queues no retry.
+    An execution already in ``status`` is left alone. Raises TomlflowError for an unknown id,
+    MarkRefused for a queued execution or a running one while a live scheduler holds the lease
+    (it would record the real end too: cancel it instead).
+    """
+    if status not in MARKABLE:
+        raise ValueError(f"can only mark complete or error, not {status}")
+    execution = get_execution(conn, execution_id)
+    if execution is None:
+        raise TomlflowError(f"no execution with id {execution_id}")
+    _check_markable(conn, execution, now)
+    if execution.status is status:
+        return Marked(execution, False, 0)
+    started, ended = execution.started_at or now, execution.ended_at or now
+    conn.execute(
+        update(executions)
+        .where(executions.c.id == execution_id)
+        .values(
+            status=status.value,
+            msg=msg,
+            started_at=iso(started),
+            ended_at=iso(ended),
+            duration_seconds=(ended - started).total_seconds(),
+        )
+    )
+    rows = list(release(execution)) if status is Status.COMPLETE else []
+    insert_executions(conn, rows, now)
+    return Marked(execution, True, len(rows))
+
+
+def _check_markable(conn: Connection, execution: Execution, now: datetime) -> None:
+    if execution.status is Status.QUEUED:
+        raise MarkRefused(
+            f"execution {execution.id} is queued and has not run: cancel it instead of marking it"
+        )
+    holder = lease.current(conn)
+    if execution.status is Status.RUNNING and holder is not None and not holder.is_gone(now):
+        raise MarkRefused(
+            f"execution {execution.id} is running under the scheduler (pid {holder.pid} on "
+            f"{holder.host}), which will record its end: cancel it first, then mark it"
+        )

@@ -89,10 +89,15 @@ def _count(conn: Connection, query: Select[Any]) -> int:
     return int(conn.scalar(query) or 0)
 
 
-def prune(db: Database, cutoff: datetime, batch: int = DEFAULT_BATCH) -> PruneCounts:
+def prune(
+    db: Database,
+    cutoff: datetime,
+    batch: int = DEFAULT_BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> PruneCounts:
     """Delete executions that ended before ``cutoff``, their log lines and their alerts (and
     alerts tied to no execution created before it), and file reports made before it, at most
-    ``batch`` rows per transaction.
+    ``batch`` rows per transaction; ``progress`` hears how many rows each one deleted.
 
     Cheap when there is nothing to delete: one indexed read, no write transaction.
     """
@@ -100,10 +105,11 @@ def prune(db: Database, cutoff: datetime, batch: int = DEFAULT_BATCH) -> PruneCo
         raise ValueError(f"batch must be at least 1, got {batch}")
     if not _anything_old(db, cutoff):
         return PruneCounts()
-    logs = _drain(db, lambda conn: _delete_logs(conn, cutoff, batch), batch)
-    alert_count = _drain(db, lambda conn: _delete_alerts(conn, cutoff, batch), batch)
-    execution_count = _drain(db, lambda conn: _delete_executions(conn, cutoff, batch), batch)
-    report_count = _drain(db, lambda conn: _delete_reports(conn, cutoff, batch), batch)
+    tell = progress or (lambda _rows: None)
+    logs = _drain(db, lambda conn: _delete_logs(conn, cutoff, batch), batch, tell)
+    alert_count = _drain(db, lambda conn: _delete_alerts(conn, cutoff, batch), batch, tell)
+    execution_count = _drain(db, lambda conn: _delete_executions(conn, cutoff, batch), batch, tell)
+    report_count = _drain(db, lambda conn: _delete_reports(conn, cutoff, batch), batch, tell)
     return PruneCounts(execution_count, logs, alert_count, report_count)
 
 
@@ -117,13 +123,16 @@ def _anything_old(db: Database, cutoff: datetime) -> bool:
         return bool(conn.scalar(query))
 
 
-def _drain(db: Database, step: Callable[[Connection], int], batch: int) -> int:
+def _drain(
+    db: Database, step: Callable[[Connection], int], batch: int, tell: Callable[[int], None]
+) -> int:
     """Run ``step`` in its own write transaction until a run deletes less than a batch."""
     total = 0
     while True:
         with db.write() as conn:
             deleted = step(conn)
         total += deleted
+        tell(deleted)
         if deleted < batch:
             return total
 

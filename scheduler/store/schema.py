@@ -205,6 +205,17 @@ watched_files = Table(
     PrimaryKeyConstraint("root", "path"),
 )
 
+# How far each phase's deadlines (rule key sla) have been checked (store/deadlines.py), so a
+# restart checks the scheduled times whose deadline passed while no scheduler ran, once.
+sla_checks = Table(
+    "sla_checks",
+    metadata,
+    Column("file_path", String(1024), nullable=False),
+    Column("task", String(512), nullable=False),
+    Column("checked_until", String(32), nullable=False),
+    PrimaryKeyConstraint("file_path", "task"),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
