@@ -18,11 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scheduler.catalog import spec_from_row
 from scheduler.errors import TaskNotFound
 from scheduler.graph import topic_of
 from scheduler.store import browse, history
-from scheduler.store.history import FINISHED, Execution, NewExecution
+from scheduler.store.history import FINISHED, Execution, NewExecution, Status
 from scheduler.store.workflows import phase_rows
 from scheduler.tasktime import iso
 from scheduler.web import actions, ops, phases, runs
@@ -154,7 +153,7 @@ def api_next(request: Request) -> Response:
     if task:
         specs = [actions.find_spec(context, task, text_arg(params, "file"))]
     else:  # only rules that can hold a cron are parsed: a few of a thousand phases
-        specs = [s for s in map(spec_from_row, rows) if s.rule and s.rule.cron]
+        specs = [s for s in map(context.spec, rows) if s.rule and s.rule.cron]
     result = []
     for spec in specs:
         paused = state.get((spec.file_path, spec.task), (False, None))[0]
@@ -209,6 +208,32 @@ async def api_retry(request: Request) -> Response:
             "cancelled": list(rerun.cancelled),
         },
         status_code=201,
+    )
+
+
+async def api_mark(request: Request) -> Response:
+    data = await body_of(request)
+    fields = {**_text(data, "id"), **_text(data, "result"), **_text(data, "msg")}
+    execution_id = int_arg(fields, "id")
+    result = fields.get("result", "")
+    if execution_id is None or result not in ("complete", "error"):
+        raise BadRequest("id and result (complete or error) are required")
+    marked = await run_in_threadpool(
+        actions.mark,
+        ctx(request),
+        execution_id,
+        Status(result),
+        fields.get("msg", ""),
+        runs.who(request),
+    )
+    return JSONResponse(
+        {
+            "execution_id": execution_id,
+            "status": result,
+            "was": marked.before.status.value,
+            "changed": marked.changed,
+            "released": marked.released,
+        }
     )
 
 
@@ -396,6 +421,7 @@ ROUTES = [
     Route("/api/next", api_next),
     Route("/api/trigger", api_trigger, methods=["POST"]),
     Route("/api/retry", api_retry, methods=["POST"]),
+    Route("/api/mark", api_mark, methods=["POST"]),
     Route("/api/pause", api_pause, methods=["POST"]),
     Route("/api/resume", api_pause, methods=["POST"]),
     Route("/api/backfill", api_backfill, methods=["POST"]),

@@ -36,7 +36,7 @@ def create_app(config: Config, clock: Clock | None = None, *, warm: bool = False
     overview's 90-day heat-map is read on a background thread at once (``tomlflow web``)."""
     clock = clock or SystemClock()
     db = Database(config.database)
-    catalog = Catalog(db, config.workflows, clock)
+    catalog = Catalog(db, config.workflows, clock, config.workers)
     try:
         catalog.refresh()
     except TomlflowError as exc:  # an unreadable folder: the pages say so, the app still runs

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from scheduler.errors import TomlflowError
+from scheduler.redact import redact
 from scheduler.store import browse, lease
 from scheduler.store.db import Database
 from scheduler.store.readonly import QueryResult
@@ -71,7 +72,12 @@ def masked_config(context: WebContext) -> dict[str, Any]:
     return {
         "config file": str(config.source) if config.source else "(defaults)",
         "workflows": str(config.workflows),
-        "database": _mask_url(config.database),
+        "database": redact(config.database, config.database),
+        "read-only database": (
+            redact(config.readonly_database, config.readonly_database)
+            if config.readonly_database
+            else "- (the same, opened read-only)"
+        ),
         "timezone": config.timezone,
         "refresh": str(config.refresh),
         "max_workers": config.max_workers,
@@ -82,15 +88,6 @@ def masked_config(context: WebContext) -> dict[str, Any]:
         "web": f"{config.web.host}:{config.web.port}, token "
         + ("set (hidden)" if config.web.token else "not set"),
     }
-
-
-def _mask_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
 
 
 def about(request: Request) -> Response:

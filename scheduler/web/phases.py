@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from scheduler import planner, timing
-from scheduler.catalog import depends_on_matches, spec_from_row
+from scheduler.catalog import depends_on_matches
 from scheduler.store import browse
 from scheduler.store.workflows import phase_rows
 from scheduler.validation import PhaseSpec
@@ -71,7 +71,7 @@ def _phase_page(context: WebContext, request: Request) -> dict[str, Any]:
         recent = browse.phase_runs(conn, spec.file_path, spec.task, TREND_RUNS)
         counts = browse.phase_counts_of(conn, spec.file_path, spec.task)
         state = browse.paused_and_next(conn).get((spec.file_path, spec.task))
-        siblings = [spec_from_row(r) for r in phase_rows(conn, spec.file_path)]
+        siblings = [context.spec(r) for r in phase_rows(conn, spec.file_path)]
     children = [s for s in siblings if depends_on_matches(s.depends_on, spec.task)]
     trend = [
         (
