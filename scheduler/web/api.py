@@ -140,6 +140,12 @@ def api_logs(request: Request) -> Response:
     )
 
 
+def api_log_search(request: Request) -> Response:
+    """``GET /api/logs?q=WORDS[&task=&since=&until=&limit=]``: matching lines, newest first."""
+    _, hits = ops.search_logs(ctx(request), request.query_params)
+    return JSONResponse({"hits": [hit.as_dict() for hit in hits]})
+
+
 def api_next(request: Request) -> Response:
     """The next ``n`` cron fires of each runnable cron phase (or of ``task``)."""
     context = ctx(request)
@@ -419,6 +425,7 @@ ROUTES = [
     Route("/api/runs/{id:int}", api_run),
     Route("/api/runs/{id:int}/logs", api_logs),
     Route("/api/next", api_next),
+    Route("/api/logs", api_log_search),
     Route("/api/trigger", api_trigger, methods=["POST"]),
     Route("/api/retry", api_retry, methods=["POST"]),
     Route("/api/mark", api_mark, methods=["POST"]),

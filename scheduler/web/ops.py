@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ from starlette.routing import Route
 
 from scheduler.errors import TomlflowError
 from scheduler.redact import redact
-from scheduler.store import browse, lease
+from scheduler.store import browse, lease, search
 from scheduler.store.db import Database
 from scheduler.store.readonly import QueryResult
+from scheduler.store.search import Hit, SearchQuery
 from scheduler.web import actions
 from scheduler.web.context import WebContext, ctx
 from scheduler.web.render import BadRequest, int_arg, page, text_arg, time_arg, tomlflow_version
@@ -61,6 +63,43 @@ def files_page(request: Request) -> Response:
         queued = {r.id: browse.file_report_runs(conn, r, 10) for r in reports if r.queued}
     older = urlencode({**dict(params), "before": reports[-1].id}) if len(reports) == 100 else None
     return page(request, "files.html", reports=reports, queued=queued, path=path, older=older)
+
+
+# -- log search ----------------------------------------------------------------------------------
+
+
+def search_logs(context: WebContext, params: Mapping[str, str]) -> tuple[str, list[Hit]]:
+    """Lines of all stored output holding every word of ``q`` (as ``tomlflow logs --search``),
+    narrowed by ``task``, ``since``, ``until``; at most ``limit`` (500), newest first."""
+    words = text_arg(params, "q", 500) or ""
+    if not words:
+        return "", []
+    query = SearchQuery(
+        words,
+        text_arg(params, "task"),
+        time_arg(params, "since"),
+        time_arg(params, "until"),
+        int_arg(params, "limit", 100, 1, 500) or 100,
+    )
+    try:
+        with context.db.read() as conn:
+            return words, search.search(conn, query)
+    except ValueError as exc:
+        raise BadRequest(f"q: {exc}") from None
+
+
+def logs_page(request: Request) -> Response:
+    params = request.query_params
+    words, hits = search_logs(ctx(request), params)
+    return page(
+        request,
+        "logs.html",
+        q=words,
+        hits=hits,
+        task=params.get("task", ""),
+        since=params.get("since", ""),
+        until=params.get("until", ""),
+    )
 
 
 # -- about ---------------------------------------------------------------------------------------
@@ -272,6 +311,7 @@ async def refresh_action(request: Request) -> Response:
 ROUTES = [
     Route("/alerts", alerts_page),
     Route("/files", files_page),
+    Route("/logs", logs_page),
     Route("/about", about),
     Route("/sql", sql_page, methods=["GET", "POST"]),
     Route("/sql.csv", sql_csv, methods=["POST"]),
