@@ -17,11 +17,14 @@ def test_search_finds_lines_holding_every_word(app: Starlette, client: TestClien
     db = db_of(app)
     first, second = queue(db, n=2, created="2024-01-02T10:00:00Z")
     with db.write() as conn:
-        history.insert_logs(conn, [
-            LogRow(first, 0, at("2024-01-02T10:00:01Z"), "stderr", "connection timeout to db"),
-            LogRow(first, 1, at("2024-01-02T10:00:02Z"), "stdout", "retrying"),
-            LogRow(second, 0, at("2024-01-02T10:00:03Z"), "stdout", f"timeout {XSS}"),
-        ])
+        history.insert_logs(
+            conn,
+            [
+                LogRow(first, 0, at("2024-01-02T10:00:01Z"), "stderr", "connection timeout to db"),
+                LogRow(first, 1, at("2024-01-02T10:00:02Z"), "stdout", "retrying"),
+                LogRow(second, 0, at("2024-01-02T10:00:03Z"), "stdout", f"timeout {XSS}"),
+            ],
+        )
     hits = client.get("/api/logs?q=timeout").json()["hits"]
     assert {h["execution_id"] for h in hits} == {first, second}
     both = client.get("/api/logs?q=connection timeout").json()["hits"]

@@ -39,6 +39,8 @@ PAGES = [
     "/edit/delete?file=etl.toml",
     "/edit/duplicate?file=etl.toml",
     "/login",
+    "/logs",
+    "/logs?q=anything",
 ]
 
 
