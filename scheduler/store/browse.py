@@ -542,6 +542,13 @@ def file_summaries(conn: Connection) -> list[FileSummary]:
     ]
 
 
+def paused_of(conn: Connection, file_path: str, task: str) -> bool:
+    """Whether one phase's cron is paused."""
+    s = phase_state.c
+    query = select(s.paused).where(s.file_path == file_path, s.task == task)
+    return bool(conn.scalar(query))
+
+
 def paused_and_next(conn: Connection) -> dict[tuple[str, str], tuple[bool, datetime | None]]:
     """Per phase the scheduler planned: (paused, stored next fire)."""
     s = phase_state.c

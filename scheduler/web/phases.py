@@ -70,7 +70,7 @@ def _phase_page(context: WebContext, request: Request) -> dict[str, Any]:
     with context.db.read() as conn:
         recent = browse.phase_runs(conn, spec.file_path, spec.task, TREND_RUNS)
         counts = browse.phase_counts_of(conn, spec.file_path, spec.task)
-        state = browse.paused_and_next(conn).get((spec.file_path, spec.task))
+        paused = browse.paused_of(conn, spec.file_path, spec.task)
         siblings = [context.spec(r) for r in phase_rows(conn, spec.file_path)]
     children = [s for s in siblings if depends_on_matches(s.depends_on, spec.task)]
     trend = [
@@ -83,7 +83,7 @@ def _phase_page(context: WebContext, request: Request) -> dict[str, Any]:
     ]
     return {
         "spec": spec,
-        "paused": bool(state and state[0]),
+        "paused": paused,
         "words": rule_words(spec, context.config.timezone),
         "fires": next_fires(spec, context.config.timezone, now, NEXT_COUNT),
         "recent": recent[:20],
