@@ -34,7 +34,7 @@ class DayTotals:
     """Executions per day for the heat-map. Past days change only when history is pruned, so
     they are read once a day and again at most hourly, in the background (a stale map is
     shown meanwhile); today is always read fresh (a small index range). Reading 90 past days
-    walks a million index entries at a million executions: about two seconds."""
+    walks a million index entries at a million executions: half a second to two."""
 
     days: dict[str, int] = field(default_factory=dict)
     key: str = ""
