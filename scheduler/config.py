@@ -79,6 +79,10 @@ class Config:
     retention: timedelta | None = None
     ai: AIConfig = field(default_factory=AIConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    spool: Path | None = None  # execution receipts; None: the default beside the database
+    output_max_lines: int = 10_000  # stored output per execution: first half and last half
+    output_max_bytes: int = 10 * 1024 * 1024
+    output_max_line: int = 64 * 1024  # a longer line is cut with a marker
 
     @property
     def query_database(self) -> str:
@@ -89,6 +93,19 @@ class Config:
     def workflow_root(self) -> Path:
         """The folder workflow files live in (a meta-file path is relative to its file's)."""
         return self.workflows if self.workflows.is_dir() else self.workflows.parent
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where execution receipts live: ``[scheduler] spool``, else ``<db file>.spool`` beside
+        a SQLite file database, else ``.tomlflow-spool`` in the config's folder (or here)."""
+        if self.spool is not None:
+            return self.spool
+        prefix = "sqlite:///"
+        rest = self.database[len(prefix) :] if self.database.startswith(prefix) else ""
+        if rest and not rest.startswith((":memory:", "file:")):
+            return Path(rest.split("?", 1)[0] + ".spool")
+        base = self.source.absolute().parent if self.source else Path.cwd()
+        return base / ".tomlflow-spool"
 
     def worker_for(self, topic: str, job: str) -> WorkerConfig | None:
         """The ``[workers."topic:job"]`` table if any, else ``[workers."topic"]``, else None."""
@@ -231,6 +248,10 @@ _SCHEDULER: dict[str, Callable[[_Reader, str, Any], Any]] = {
     "watch": _Reader.path,
     "backup": _Reader.path,
     "backup_every": _Reader.duration,
+    "spool": _Reader.path,
+    "output_max_lines": _Reader.positive_int,
+    "output_max_bytes": _Reader.positive_int,
+    "output_max_line": _Reader.positive_int,
 }
 
 

@@ -183,20 +183,30 @@ def _normalise_item(expr: str, item: str, spec: _Field) -> str:
     step = match.group("step")
     if step is None:
         return span
-    digits = step.isascii() and step.isdigit() and len(step) <= _MAX_DIGITS
-    if not digits or int(step) < 1:
+    digits = step.isascii() and step.isdigit() and _short(step)
+    if not digits or _int(step) < 1:
         raise CronError(expr, f"{spec.name}: bad step {step}")
-    return span if span == "*" and int(step) == 1 else f"{span}/{int(step)}"
+    return span if span == "*" and _int(step) == 1 else f"{span}/{_int(step)}"
 
 
 def _value(expr: str, text: str, spec: _Field) -> int:
     digits = text.isascii() and text.isdigit()
-    number = int(text) if digits and len(text) <= _MAX_DIGITS else spec.names.get(text.lower())
+    number = _int(text) if digits and _short(text) else spec.names.get(text.lower())
     if number is None and not digits:
         raise CronError(expr, f"{spec.name}: bad value {text}")
     if number is None or not spec.low <= number <= spec.high:
         raise CronError(expr, f"{spec.name}: {text} out of range {spec.low}-{spec.high}")
     return number
+
+
+def _short(digits: str) -> bool:
+    """True when a digit string is short enough to be a field value (leading zeros aside)."""
+    return len(digits.lstrip("0")) <= _MAX_DIGITS
+
+
+def _int(digits: str) -> int:
+    # without its leading zeros: Python refuses to convert strings of over 4300 digits
+    return int(digits.lstrip("0") or "0")
 
 
 def _check_fires(schedule: CronSchedule) -> None:

@@ -128,6 +128,13 @@ def _check_database(report: Report, db: Database, db_file: Path | None, now: dat
         if version < len(MIGRATIONS):
             return  # the rest reads tables an older schema may not have
         _judge_integrity(report, health.quick_check(conn), health.search_index_ok(conn))
+        if not health.search_indexed(conn):
+            report.add(
+                "search index",
+                Level.WARN,
+                "none: this SQLite lacks FTS5, so `logs --search` reads every line",
+                "run tomlflow on a Python whose SQLite has FTS5 (python.org and distro builds do)",
+            )
         report.tables = health.table_sizes(conn)
         _judge_lease(report, health.holder(conn), now)
         _judge_files(report, health.file_errors(conn), health.phase_errors(conn))

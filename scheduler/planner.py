@@ -35,6 +35,15 @@ class CronPlan:
     state: PhaseState
 
 
+@dataclass(frozen=True)
+class Upcoming:
+    """One fire time to come: ``scheduled`` (aware UTC). ``late`` marks a time already past
+    that the phase's catch-up policy fires at the scheduler's next tick (after downtime)."""
+
+    scheduled: datetime
+    late: bool = False
+
+
 def zone_of(spec: PhaseSpec, default_tz: str) -> ZoneInfo:
     assert spec.rule is not None
     return ZoneInfo(spec.rule.tz or default_tz)
@@ -69,6 +78,33 @@ def plan_cron(
     due = timing.due_times(schedule, tz, state.evaluated_until, now, spec.rule.catchup)
     after = replace(state, evaluated_until=now, next_fire=timing.next_fire(schedule, tz, now))
     return CronPlan([Fire(spec, t) for t in due], after)
+
+
+def upcoming(
+    spec: PhaseSpec, state: PhaseState | None, now: datetime, n: int, default_tz: str
+) -> list[Upcoming]:
+    """The next ``n`` fire times of ``spec`` as the engine will fire them, oldest first.
+
+    Built from ``plan_cron``'s own functions, so it honours what they do: the DST policy,
+    pause (a paused phase fires nothing: ``[]``), and catch-up (times missed since the state
+    was last evaluated that the policy fires at the next tick come first, marked ``late``;
+    they count towards ``n``). A phase the engine does not fire on a clock (``manual``, a
+    cron that never fires, no cron, not runnable) gives ``[]``. Pure: no I/O.
+    """
+    if n < 1 or not spec.runnable or spec.rule is None or spec.rule.cron is None:
+        return []
+    if state is not None and state.paused:
+        return []
+    schedule, tz = spec.rule.cron, zone_of(spec, default_tz)
+    late: list[datetime] = []
+    if state is not None and state.cron == signature(spec, default_tz):
+        late = timing.due_times(schedule, tz, state.evaluated_until, now, spec.rule.catchup)
+    times = [Upcoming(t, late=True) for t in late[:n]]
+    moment = now
+    while len(times) < n:
+        moment = timing.next_fire(schedule, tz, moment)
+        times.append(Upcoming(moment))
+    return times
 
 
 def base_meta(spec: PhaseSpec, inherited: dict[str, str] | None = None) -> dict[str, str]:

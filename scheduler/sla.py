@@ -11,8 +11,9 @@ The decision (``due``, ``missed``) is pure: phase spec, phase state, completions
 passed since the phase was last checked (kept in ``sla_checks``), so deadlines that passed
 while no scheduler ran are judged on the next start, at most LOOKBACK back and CAP times per
 phase. A phase's first check only starts the watch, as a new schedule starts at the moment it
-is seen: adding ``sla`` to an old phase raises no alerts about its past. Only deadlines at least SETTLE old are judged, so that a run that ended just before its
-deadline has been recorded. A paused phase is not judged (its times do not fire by intent) but
+is seen: adding ``sla`` to an old phase raises no alerts about its past. Only deadlines at
+least SETTLE old are judged, so that a run that ended just before its deadline has been
+recorded. A paused phase is not judged (its times do not fire by intent) but
 its check moves on, so resuming it raises no alerts for the pause. A batch phase is judged by
 the run of its fire's own task time.
 """

@@ -52,10 +52,15 @@ _TOKEN = re.compile(
     re.ASCII,
 )
 
-# What looks meant as a token: braces around text that starts like a name, up to the first "}"
-# (so a slip like "{yyyy-{x}" is reported whole). "${HOME}" is the shell's, and "{"a": 1}" is
-# JSON, not a token.
-_TOKEN_LIKE = re.compile(r"(?<!\$)\{[A-Za-z_][^}\s]*\}")
+# What looks meant as a token but is none: braces around text that starts like a name, up to
+# the first "}" (so a slip like "{yyyy-{x}" is reported whole), unless it is a token of _TOKEN.
+# "${HOME}" is the shell's, and '{"a": 1}' is JSON, not a token. One pass, in C: most templates
+# hold no unknown token, and validation runs this for every phase.
+_KNOWN = (
+    r"[Yy]{4}|[Yy]{2}|[Mm]{2}|[Dd]{2}|[Hh]{2}|(?i:host|pod|uuid)"
+    r"|min|TS|SLUG|HOUR_SLUG|DAY_SLUG|MONTH_SLUG|meta:(?a:\w+)"
+)
+_UNKNOWN_TOKEN = re.compile(rf"(?<!\$)\{{(?!(?:{_KNOWN})\}})[A-Za-z_][^}}\s]*\}}")
 
 # Go's zero time.Time (year 1, January 1, 00:00 UTC) is how flowlord spells "no task time".
 _GO_ZERO = datetime(1, 1, 1)
@@ -177,9 +182,8 @@ def _render(
 def unknown_tokens(template: str) -> list[str]:
     """The ``{...}`` in ``template`` that look meant as tokens but are none (``{nope}``), in
     order, each once. The part after a ``#`` is not rendered, so it is not looked at."""
-    head, _ = _split_comment(template)
-    found = [m.group(0) for m in _TOKEN_LIKE.finditer(head) if not _TOKEN.fullmatch(m.group(0))]
-    return list(dict.fromkeys(found))
+    found = _UNKNOWN_TOKEN.findall(_split_comment(template)[0]) if "{" in template else []
+    return list(dict.fromkeys(found)) if found else []
 
 
 def pod_name(host: str) -> str:

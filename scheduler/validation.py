@@ -18,6 +18,7 @@ on its file, so that check (``require_command``) is applied when phases are read
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +40,7 @@ MAX_NAME_BYTES = 512
 # status is indexed: PostgreSQL refuses btree entries of more than about 2700 bytes
 MAX_STATUS_BYTES = 2000
 _REPLACEMENT = "\ufffd"  # stands for a NUL byte in stored text
+_POSITION = re.compile(r"phase \d+")
 
 
 class Severity(StrEnum):
@@ -72,6 +74,15 @@ class PhaseSpec:
     @property
     def runnable(self) -> bool:
         return self.severity is not Severity.ERROR and self.rule is not None
+
+    @property
+    def where(self) -> str:
+        """How a message names the phase: ``w.toml [task]``, or ``w.toml phase 3`` for one
+        whose own task was missing or unusable (its key is then its position)."""
+        unnamed = _POSITION.fullmatch(self.task) and any(
+            problem in self.status for problem in ("missing key: task", "invalid value: task=")
+        )
+        return f"{self.file_path} {self.task}" if unnamed else f"{self.file_path} [{self.task}]"
 
 
 def validate_file(file_path: str, phases: Sequence[RawPhase]) -> list[PhaseSpec]:
@@ -127,7 +138,10 @@ def _named(raw: RawPhase, index: int) -> RawPhase:
 
 
 def _storable_name(text: str) -> bool:
-    return "\0" not in text and len(text.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
+    if "\0" in text:
+        return False
+    # a character is at most 4 bytes: most names need no encoding to be measured
+    return len(text) * 4 <= MAX_NAME_BYTES or len(text.encode("utf-8")) <= MAX_NAME_BYTES
 
 
 def _name_problem(text: str) -> str:
@@ -186,7 +200,7 @@ def _check_cycles(file_path: str, phases: Sequence[RawPhase], errors: dict[int, 
 
 
 def _warnings(raw: RawPhase, rule: Rule | None) -> list[str]:
-    keys = list(raw.unknown_keys) + list(rule.unknown if rule else ())
+    keys = raw.unknown_keys + (rule.unknown if rule else ())
     warnings = [f"unknown key: {shown(key)}" for key in keys]
     if rule is not None and rule.never_fires:
         warnings.append(f"cron never fires: {shown(rule.cron_text)}")
@@ -217,13 +231,15 @@ def _spec(
 
 
 def _storable_text(text: str) -> str:
-    """Text a database column takes: no NUL byte (PostgreSQL refuses it), no lone surrogate."""
-    text = text.replace("\0", _REPLACEMENT)
-    return text.encode("utf-8", "replace").decode("utf-8")
+    """Text a database column takes: no NUL byte (PostgreSQL refuses it). (Lone surrogates
+    cannot occur: TOML refuses them and rule values decode with replacement.)"""
+    return text.replace("\0", _REPLACEMENT) if "\0" in text else text
 
 
 def _storable_status(status: str) -> str:
     status = _storable_text(status)
+    if len(status) * 4 <= MAX_STATUS_BYTES:
+        return status
     data = status.encode("utf-8")
     if len(data) <= MAX_STATUS_BYTES:
         return status

@@ -269,3 +269,15 @@ def test_a_database_url_is_printed_without_its_password() -> None:
 
     shown = where("postgresql+psycopg://etl:s3cret@db.example:5432/tomlflow")
     assert "s3cret" not in shown and "etl:***@db.example" in shown
+
+
+def test_validate_names_a_phase_without_task_by_its_file_and_position(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "workflows" / "w.toml").write_text(
+        '[[phase]]\ntask = "a"\nrule = "cron=@daily"\ntemplate = "echo"\n\n'
+        '[[phase]]\ntask = "b"\ndepends_on = "a"\ntemplate = "echo"\n\n'
+        '[[phase]]\nrule = "cron=@daily"\ntemplate = "echo"\n'
+    )
+    assert main(["validate"]) == 1
+    assert "w.toml phase 3: missing key: task" in capsys.readouterr().out

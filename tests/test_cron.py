@@ -322,3 +322,15 @@ def test_memo_does_not_leak_between_zones_or_backwards() -> None:
     assert schedule.next_after(late, BERLIN) == utc("2024-06-02 03:00")
     assert schedule.next_after(utc("2024-05-01 00:00"), TZ_UTC) == utc("2024-05-01 05:00")
     assert schedule.next_after(late, TZ_UTC) == utc("2024-06-02 05:00")
+
+
+@pytest.mark.parametrize(
+    ("expr", "fields"),
+    [
+        ("00005 * * * *", "0 5 * * * *"),
+        ("*/0015 * * * *", "0 */15 * * * *"),
+        pytest.param("0" * 5000 + "5 * * * *", "0 5 * * * *", id="5000-leading-zeros"),
+    ],
+)
+def test_leading_zeros_do_not_make_a_value_out_of_range(expr: str, fields: str) -> None:
+    assert parse_cron(expr).fields == fields

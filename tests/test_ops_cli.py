@@ -15,7 +15,7 @@ from sqlalchemy import select
 from scheduler.cli import main
 from scheduler.config import Config
 from scheduler.engine import Engine
-from scheduler.executor import LocalExecutor
+from scheduler.executors import LocalExecutor
 from scheduler.store import history, reruns
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, LogRow, NewAlert, NewExecution, Status, Trigger

@@ -15,10 +15,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from scheduler.cli import main
+from scheduler.errors import StoreError
 from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import LogRow, NewExecution, Trigger
 from scheduler.store.readonly import QueryError, ReadOnlyDatabase
+from tests.conftest import SERVER_URL
 
 T0 = datetime(2024, 1, 2, 3, 0, tzinfo=UTC)
 LIMIT_S = 0.5  # the time limit of the connections under test
@@ -156,6 +158,11 @@ def test_every_way_out_is_refused_and_changes_nothing(
     assert_still_locked(reader)
 
 
+ON_POSTGRESQL = pytest.mark.skipif(not SERVER_URL, reason="PostgreSQL only: run with "
+                                   "TEST_SERVER_DATABASE_URL (SQLite has no such thing)")
+
+
+@ON_POSTGRESQL
 @pytest.mark.parametrize(
     "statement",
     [
@@ -166,8 +173,6 @@ def test_every_way_out_is_refused_and_changes_nothing(
 )
 def test_session_settings_made_by_a_query_end_with_its_call(
         seeded: Database, reader: ReadOnlyDatabase, statement: str) -> None:
-    if reader.dialect == "sqlite":
-        pytest.skip("SQLite has no session settings a query can make")
     reader.run_sql(statement)
     assert_still_locked(reader)
     # The advisory lock went with its session: another session can take it at once.
@@ -290,6 +295,7 @@ def test_sql_uses_readonly_database_when_set(seeded: Database, readonly_url: str
         assert row["who"] == make_url(readonly_url).username
 
 
+@ON_POSTGRESQL
 @pytest.mark.parametrize(
     "statement",
     [
@@ -301,8 +307,6 @@ def test_sql_uses_readonly_database_when_set(seeded: Database, readonly_url: str
 )
 def test_a_select_only_role_cannot_reach_the_server(seeded: Database, readonly_url: str,
                                                      statement: str) -> None:
-    if seeded.is_sqlite:
-        pytest.skip("server files and roles are PostgreSQL's")
     reader = ReadOnlyDatabase(readonly_url, timeout_s=LIMIT_S)
     try:
         with pytest.raises(QueryError):
@@ -310,3 +314,10 @@ def test_a_select_only_role_cannot_reach_the_server(seeded: Database, readonly_u
         assert reader.run_sql("SELECT COUNT(*) FROM executions").rows == [(1,)]
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://u@h/x", "postgresql+pg8000://u@h/x",
+                                 "mysql+pymysql://u@h/x"])
+def test_drivers_that_cannot_keep_the_promise_are_refused(url: str) -> None:
+    with pytest.raises(StoreError, match="read-only queries"):
+        ReadOnlyDatabase(url)

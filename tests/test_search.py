@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import delete
 
+from scheduler import doctor
+from scheduler.config import Config
 from scheduler.store import db as db_module
 from scheduler.store import history, retention
+from scheduler.store import search as search_module
 from scheduler.store.db import Database
 from scheduler.store.history import Finish, LogRow, NewExecution, Status, Trigger
 from scheduler.store.schema import schema_version
@@ -107,3 +112,28 @@ def test_migration_indexes_lines_stored_before_it(db: Database) -> None:
         "written after the upgrade",
         "written before the upgrade",
     ]
+
+
+def test_a_sqlite_without_fts5_still_migrates_and_searches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a SQLite library built without FTS5
+    monkeypatch.setattr(search_module, "has_fts5", lambda _conn: False)
+    db = Database(f"sqlite:///{tmp_path / 'plain.db'}")
+    try:
+        # then the database opens at the newest version, without an index
+        assert db.version() == len(db_module.MIGRATIONS)
+        with db.read() as conn:
+            assert not search_module.has_index(conn)
+            assert search_module.index_ok(conn)
+        # and a search reads every line instead
+        eid = execution(db)
+        lines(db, eid, "Loaded 10 rows into sales", "sales report sent")
+        assert found(db, "SALES rows") == ["Loaded 10 rows into sales"]
+        assert found(db, "sales") == ["sales report sent", "Loaded 10 rows into sales"]
+        # and the doctor says why searches are slow
+        config = Config(workflows=tmp_path, database=db.url)
+        report = doctor.examine(config, datetime.now(UTC))
+        assert any(f.check == "search index" and "FTS5" in f.detail for f in report.findings)
+    finally:
+        db.close()

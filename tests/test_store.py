@@ -234,3 +234,19 @@ def test_version_5_database_gets_file_reports_and_the_watched_state(db: Database
         )
     with db.read() as conn:
         assert conn.scalar(select(schema.file_reports.c.queued)) == 0
+
+
+def test_version_9_database_gets_the_cancel_requests_table(db: Database) -> None:
+    with db.write() as conn:
+        schema.cancel_requests.drop(conn)
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version > 9))
+    assert db.version() == 9
+
+    assert db.migrate() == len(MIGRATIONS)
+
+    with db.read() as conn:
+        found = inspect(conn)
+        assert "cancel_requests" in found.get_table_names()
+        assert found.get_pk_constraint("cancel_requests")["constrained_columns"] == [
+            "execution_id"
+        ]

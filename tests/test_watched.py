@@ -19,7 +19,7 @@ from sqlalchemy import select
 from scheduler.config import Config
 from scheduler.engine import WATCH_EVERY, Engine
 from scheduler.errors import StoreError
-from scheduler.executor import LocalExecutor
+from scheduler.executors import LocalExecutor
 from scheduler.store import file_reports as reports_store
 from scheduler.store import watched
 from scheduler.store.db import Database

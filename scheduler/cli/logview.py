@@ -120,8 +120,10 @@ def run_search(db: Database, query: SearchQuery, as_json: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="--search") from None
     if as_json:
         print_json([hit.as_dict() for hit in hits])
-        return
-    out_console().print(_hits_table(hits))
+    elif hits:
+        out_console().print(_hits_table(hits))
+    else:
+        out_console().print(f"no stored line holds: {query.words}", highlight=False, markup=False)
 
 
 def _hits_table(hits: list[Hit]) -> Table:

@@ -35,7 +35,7 @@ from scheduler.cli.common import (
 from scheduler.config import Config, load_config
 
 # The one place the executor is imported from (its module may move; repoint this line).
-from scheduler.executor import Launch, LocalExecutor, Outcome, Result, launch_env
+from scheduler.executors import Launch, LocalExecutor, Outcome, Result, launch_env
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -85,7 +85,7 @@ def validate(config_path: str | None, as_json: bool) -> int:
     for phase in problems:
         colour = "red" if phase.severity is Severity.ERROR else "yellow"
         label = f"[{colour}]{phase.severity.value:<7}[/]"
-        where = f"{phase.file_path} \\[{phase.task}]"
+        where = _escape(phase.where)
         console.print(f"{label} {where}: {_escape(phase.status)}", highlight=False)
     errors = len(broken) + sum(p.severity is Severity.ERROR for p in problems)
     warnings = sum(p.severity is Severity.WARNING for p in problems)

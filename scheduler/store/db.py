@@ -118,6 +118,11 @@ def _deadlines_v9(conn: Connection) -> None:
     deadlines.create(conn)
 
 
+def _cancel_requests_v10(conn: Connection) -> None:
+    """cancel_requests: a user's cancel of a running execution, until the scheduler acts."""
+    schema.cancel_requests.create(conn, checkfirst=True)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -129,6 +134,7 @@ MIGRATIONS: list[Migration] = [
     _workflow_file_stat_v7,
     _log_search_v8,
     _deadlines_v9,
+    _cancel_requests_v10,
 ]
 
 

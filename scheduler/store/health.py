@@ -68,6 +68,10 @@ def search_index_ok(conn: Connection) -> bool:
     return search.index_ok(conn)
 
 
+def search_indexed(conn: Connection) -> bool:
+    return search.has_index(conn)
+
+
 def table_sizes(conn: Connection) -> list[TableSize]:
     """Rows and (where known) bytes of each public table, indexes included."""
     sizes = _sqlite_bytes(conn) if conn.dialect.name == "sqlite" else {}

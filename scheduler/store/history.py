@@ -13,10 +13,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Insert, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Insert, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scheduler.store.schema import alerts, execution_logs, executions, phase_state
+from scheduler.store.schema import (
+    alerts,
+    cancel_requests,
+    execution_logs,
+    executions,
+    phase_state,
+)
 from scheduler.tasktime import from_iso, iso
 
 
@@ -30,6 +36,9 @@ class Status(StrEnum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
 
+
+USER_CANCEL = "cancelled by user"
+"""The msg of an execution a user cancelled: unlike a shutdown's cancel, nothing follows it."""
 
 FINISHED = frozenset(
     {Status.COMPLETE, Status.ERROR, Status.WARN, Status.ALERT, Status.SKIPPED, Status.CANCELLED}
@@ -145,6 +154,7 @@ class Execution:
         *,
         attempt: int | None = None,
         meta: Mapping[str, str] | None = None,
+        trigger: Trigger = Trigger.RETRY,
     ) -> NewExecution:
         """Another attempt of this execution: same chain, phase, task time, command and meta
         (unless ``meta`` is given); the next attempt number unless ``attempt`` is."""
@@ -153,7 +163,7 @@ class Execution:
             file_path=self.file_path,
             task=self.task,
             task_time=self.task_time,
-            trigger=Trigger.RETRY,
+            trigger=trigger,
             info=self.info,
             meta=dict(self.meta if meta is None else meta),
             not_before=not_before,
@@ -363,6 +373,22 @@ def insert_logs(conn: Connection, lines: Sequence[LogRow]) -> None:
         )
 
 
+def delete_logs(conn: Connection, execution_ids: Sequence[int]) -> None:
+    """Forget the stored output of these executions (recovery stores their full output anew)."""
+    if execution_ids:
+        conn.execute(delete(execution_logs).where(execution_logs.c.execution_id.in_(execution_ids)))
+
+
+def requeue(conn: Connection, execution_ids: Sequence[int]) -> None:
+    """Put running executions that provably never started back in the queue, untouched."""
+    if execution_ids:
+        conn.execute(
+            update(executions)
+            .where(executions.c.id.in_(execution_ids), executions.c.status == Status.RUNNING.value)
+            .values(status=Status.QUEUED.value, started_at=None, pid=None)
+        )
+
+
 def insert_alerts(conn: Connection, rows: Sequence[NewAlert], now: datetime) -> None:
     if rows:
         conn.execute(
@@ -526,3 +552,66 @@ def save_phase_states(conn: Connection, states: Sequence[PhaseState]) -> None:
 def paused_phases(conn: Connection) -> set[tuple[str, str]]:
     query = select(phase_state.c.file_path, phase_state.c.task).where(phase_state.c.paused == 1)
     return {(r.file_path, r.task) for r in conn.execute(query)}
+
+
+# -- cancel ----------------------------------------------------------------------------------------
+
+
+class Cancel(StrEnum):
+    """What ``request_cancel`` did."""
+
+    CANCELLED = "cancelled"  # it was queued: cancelled at once
+    REQUESTED = "requested"  # it is running: the scheduler running it will cancel it
+    ENDED = "ended"  # it had already ended: nothing to do
+    UNKNOWN = "unknown"  # no such execution
+
+
+def request_cancel(
+    conn: Connection, execution_id: int, now: datetime, by: str = ""
+) -> tuple[Cancel, Execution | None]:
+    """Cancel a queued execution now (``cancelled``, msg USER_CANCEL, nothing follows), or ask
+    the scheduler to cancel a running one (kept in ``cancel_requests`` until it has)."""
+    execution = get_execution(conn, execution_id)
+    if execution is None:
+        return Cancel.UNKNOWN, None
+    if execution.status is Status.QUEUED:
+        stamp = iso(now)
+        conn.execute(
+            update(executions)
+            .where(executions.c.id == execution_id, executions.c.status == Status.QUEUED.value)
+            .values(
+                status=Status.CANCELLED.value,
+                msg=USER_CANCEL,
+                started_at=stamp,
+                ended_at=stamp,
+                duration_seconds=0.0,
+            )
+        )
+        return Cancel.CANCELLED, execution
+    if execution.status is Status.RUNNING:
+        known = select(cancel_requests.c.execution_id).where(
+            cancel_requests.c.execution_id == execution_id
+        )
+        if conn.execute(known).first() is None:
+            conn.execute(
+                insert(cancel_requests).values(
+                    execution_id=execution_id, requested_at=iso(now), requested_by=by
+                )
+            )
+        return Cancel.REQUESTED, execution
+    return Cancel.ENDED, execution
+
+
+_CANCEL_REQUESTS = select(cancel_requests.c.execution_id)
+
+
+def cancel_requested(conn: Connection) -> list[int]:
+    """Ids of executions a user asked to cancel whose end is not recorded yet."""
+    return list(conn.execute(_CANCEL_REQUESTS).scalars())
+
+
+def clear_cancel_requests(conn: Connection, execution_ids: Sequence[int]) -> None:
+    if execution_ids:
+        conn.execute(
+            delete(cancel_requests).where(cancel_requests.c.execution_id.in_(execution_ids))
+        )

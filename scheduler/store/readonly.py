@@ -5,8 +5,9 @@ depends on reading the statement. Every call gets a new connection (no pool: no 
 survives a call) and its own transaction, which is always rolled back.
 
 SQLite: the file is opened with ``mode=ro``, ``PRAGMA query_only`` is set, ATTACH is limited to
-zero databases, and an authorizer denies pragmas that set a value; the driver runs one
-statement per call; a progress handler stops a query that runs past its time limit.
+zero databases, and an authorizer denies ATTACH, transaction control (COMMIT, ROLLBACK,
+BEGIN, SAVEPOINT) and pragmas that set a value; the driver runs one statement per call; a
+progress handler stops a query that runs past its time limit.
 
 PostgreSQL: the transaction is ``READ ONLY`` with a ``SET LOCAL statement_timeout`` issued
 before the statement. Someone's SQL runs as the query of a cursor, ``DECLARE … CURSOR FOR
@@ -166,6 +167,9 @@ def _make_engine(url: str, timeout_s: float) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed.database or "")
     if parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() != "psycopg":  # _fetch_declared speaks psycopg 3
+            raise StoreError(url, "read-only queries on PostgreSQL need the psycopg driver:"
+                                  " use a postgresql+psycopg:// URL")
         return _postgresql_engine(url, timeout_s)
     raise StoreError(url, "read-only queries need SQLite or PostgreSQL")
 

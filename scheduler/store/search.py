@@ -9,12 +9,16 @@ hand-written ``DELETE``) keeps it right without knowing it exists:
   PRIMARY KEY); after a VACUUM run ``rebuild_index`` (``tomlflow doctor`` checks the index).
 - PostgreSQL: a GIN index on ``to_tsvector('simple', line)``; no extension is needed.
 
+A SQLite built without FTS5 (rare: Python's own builds have it) gets no index; its searches
+then read every line (``LIKE``-style, so parts of words match too), and ``doctor`` says so.
+
 Both match whole words ('simple' tokenizing: no stemming, no stop words), every word of the
 query in any order, case-insensitively.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +28,8 @@ from sqlalchemy.exc import DBAPIError
 
 from scheduler.store.schema import execution_logs, executions
 from scheduler.tasktime import from_iso, iso
+
+log = logging.getLogger(__name__)
 
 FTS_TABLE = "execution_logs_fts"
 PG_INDEX = "ix_execution_logs_line_fts"
@@ -49,6 +55,9 @@ _PG_INDEX = (
 def create_index(conn: Connection) -> None:
     """Create the search index and fill it from the lines already stored (a migration step)."""
     if conn.dialect.name == "sqlite":
+        if not has_fts5(conn):
+            log.warning("this SQLite has no FTS5: logs --search will read every line")
+            return
         for statement in _SQLITE_INDEX:
             conn.exec_driver_sql(statement)
         rebuild_index(conn)
@@ -56,15 +65,26 @@ def create_index(conn: Connection) -> None:
         conn.exec_driver_sql(_PG_INDEX)
 
 
+def has_fts5(conn: Connection) -> bool:
+    """Whether this SQLite library was built with FTS5."""
+    options = {str(row[0]) for row in conn.exec_driver_sql("PRAGMA compile_options")}
+    return "ENABLE_FTS5" in options
+
+
+def has_index(conn: Connection) -> bool:
+    """Whether the SQLite search index exists (PostgreSQL's always does after migration)."""
+    return conn.dialect.name != "sqlite" or conn.dialect.has_table(conn, FTS_TABLE)
+
+
 def rebuild_index(conn: Connection) -> None:
     """Rebuild the SQLite index from ``execution_logs`` (PostgreSQL keeps its own)."""
-    if conn.dialect.name == "sqlite":
+    if conn.dialect.name == "sqlite" and has_index(conn):
         conn.exec_driver_sql(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')")
 
 
 def index_ok(conn: Connection) -> bool:
-    """Whether the SQLite index matches the stored lines (always True elsewhere)."""
-    if conn.dialect.name != "sqlite":
+    """Whether the SQLite index matches the stored lines (True elsewhere and without one)."""
+    if conn.dialect.name != "sqlite" or not has_index(conn):
         return True
     try:
         conn.exec_driver_sql(
@@ -117,7 +137,10 @@ def search(conn: Connection, query: SearchQuery) -> list[Hit]:
     terms = query.words.split()
     if not terms:
         raise ValueError("give at least one word to search for")
-    sql, params = (_sqlite_sql if conn.dialect.name == "sqlite" else _postgres_sql)(terms)
+    if conn.dialect.name != "sqlite":
+        sql, params = _postgres_sql(terms)
+    else:
+        sql, params = (_sqlite_sql if has_index(conn) else _scan_sql)(terms)
     where, more = _filters(query)
     params.update(more, limit_=query.limit)
     rows = conn.execute(text(sql.format(where=where)), params)
@@ -148,6 +171,16 @@ def _sqlite_sql(terms: list[str]) -> tuple[str, dict[str, Any]]:
         f"WHERE {FTS_TABLE} MATCH :match_ {{where}} ORDER BY f.rowid DESC LIMIT :limit_"
     )
     return sql, {"match_": match}
+
+
+def _scan_sql(terms: list[str]) -> tuple[str, dict[str, Any]]:
+    """Without an index: every line holding each term (any case, ASCII), newest first."""
+    holds = " AND ".join(f"instr(lower(l.line), lower(:t{i})) > 0" for i in range(len(terms)))
+    sql = (
+        f"SELECT {_COLUMNS} FROM execution_logs l JOIN executions e ON e.id = l.execution_id "
+        f"WHERE {holds} {{where}} ORDER BY l.rowid DESC LIMIT :limit_"
+    )
+    return sql, {f"t{i}": term for i, term in enumerate(terms)}
 
 
 def _postgres_sql(terms: list[str]) -> tuple[str, dict[str, Any]]:

@@ -14,7 +14,7 @@ import pytest
 from scheduler.clock import SystemClock
 from scheduler.config import load_config
 from scheduler.engine import Engine
-from scheduler.executor import LocalExecutor
+from scheduler.executors import LocalExecutor
 from scheduler.store.db import Database
 from scheduler.web.app import create_app
 from tests.browser.conftest import WAIT_S, serve, shutdown
