@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, bindparam, case, func, select, text
 
-from scheduler.store.history import Execution, LogRow, Status, Trigger
+from scheduler.store.history import Execution, LogRow, PhaseState, Status, Trigger
 from scheduler.store.schema import (
     alerts,
     execution_logs,
@@ -540,6 +540,23 @@ def file_summaries(conn: Connection) -> list[FileSummary]:
         FileSummary(r[0], r[1], r[2], r[3] or "", int(r[4] or 0), int(r[5] or 0))
         for r in conn.execute(query)
     ]
+
+
+def phase_state_of(conn: Connection, file_path: str, task: str) -> PhaseState | None:
+    """One phase's scheduling state (``phase_state``), or None before the scheduler saw it."""
+    s = phase_state.c
+    row = conn.execute(select(phase_state).where(s.file_path == file_path, s.task == task)).first()
+    if row is None:
+        return None
+    return PhaseState(
+        row.file_path,
+        row.task,
+        from_iso(row.first_seen),
+        from_iso(row.evaluated_until),
+        row.cron,
+        from_iso(row.next_fire) if row.next_fire else None,
+        bool(row.paused),
+    )
 
 
 def paused_of(conn: Connection, file_path: str, task: str) -> bool:

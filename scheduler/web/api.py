@@ -154,7 +154,7 @@ def api_next(request: Request) -> Response:
     task = text_arg(params, "task")
     now = context.clock.now()
     with context.db.read() as conn:
-        state = browse.paused_and_next(conn)
+        states = history.phase_states(conn)
         rows = [] if task else [r for r in phase_rows(conn) if "cron" in r.rule]
     if task:
         specs = [actions.find_spec(context, task, text_arg(params, "file"))]
@@ -162,14 +162,15 @@ def api_next(request: Request) -> Response:
         specs = [s for s in map(context.spec, rows) if s.rule and s.rule.cron]
     result = []
     for spec in specs:
-        paused = state.get((spec.file_path, spec.task), (False, None))[0]
-        fires = phases.next_fires(spec, context.config.timezone, now, n)
+        state = states.get((spec.file_path, spec.task))
+        fires = phases.next_fires(spec, state, context.config.timezone, now, n)
         result.append(
             {
                 "file_path": spec.file_path,
                 "task": spec.task,
-                "paused": paused,
-                "next": [] if paused else [iso(t) for t in fires],
+                "paused": bool(state and state.paused),
+                "next": [iso(f.scheduled) for f in fires],
+                "late": [iso(f.scheduled) for f in fires if f.late],
             }
         )
     return JSONResponse({"phases": result})
