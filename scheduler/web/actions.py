@@ -18,7 +18,7 @@ from scheduler.errors import TaskNotFound, TomlflowError
 from scheduler.followup import after_end
 from scheduler.rules import BatchBy
 from scheduler.store import browse, history, reruns
-from scheduler.store.history import Execution, NewExecution, Status, Trigger
+from scheduler.store.history import Cancel, Execution, NewExecution, Status, Trigger
 from scheduler.store.reruns import Rerun
 from scheduler.store.workflows import phase_rows
 from scheduler.validation import PhaseSpec
@@ -156,6 +156,21 @@ def _releaser(context: WebContext, execution_id: int, now: datetime) -> reruns.R
         return after_end(current, Status.COMPLETE, "", {}, spec, children, now, 0.0, root).rows
 
     return release
+
+
+def cancel(context: WebContext, execution_id: int, who: str) -> tuple[Cancel, Execution]:
+    """Cancel an execution (as ``tomlflow cancel``): a queued one at once, a running one by
+    asking the scheduler running it (it kills the process tree within a second or so).
+    Raises TaskNotFound for an unknown id, TomlflowError when it had already ended."""
+    with context.db.write() as conn:
+        outcome, execution = history.request_cancel(conn, execution_id, context.clock.now(), who)
+    if outcome is Cancel.UNKNOWN or execution is None:
+        raise TaskNotFound(f"execution {execution_id}")
+    if outcome is Cancel.ENDED:
+        raise TomlflowError(
+            f"execution {execution_id} already ended ({execution.status.value}): nothing to cancel"
+        )
+    return outcome, execution
 
 
 def refresh(context: WebContext) -> RefreshResult:

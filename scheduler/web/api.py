@@ -244,6 +244,19 @@ async def api_mark(request: Request) -> Response:
     )
 
 
+async def api_cancel(request: Request) -> Response:
+    data = await body_of(request)
+    execution_id = int_arg(_text(data, "id"), "id")
+    if execution_id is None:
+        raise BadRequest("id: required")
+    outcome, execution = await run_in_threadpool(
+        actions.cancel, ctx(request), execution_id, runs.who(request)
+    )
+    return JSONResponse(
+        {"execution_id": execution_id, "task": execution.task, "cancel": outcome.value}
+    )
+
+
 async def api_pause(request: Request) -> Response:
     data = await body_of(request)
     context = ctx(request)
@@ -430,6 +443,7 @@ ROUTES = [
     Route("/api/trigger", api_trigger, methods=["POST"]),
     Route("/api/retry", api_retry, methods=["POST"]),
     Route("/api/mark", api_mark, methods=["POST"]),
+    Route("/api/cancel", api_cancel, methods=["POST"]),
     Route("/api/pause", api_pause, methods=["POST"]),
     Route("/api/resume", api_pause, methods=["POST"]),
     Route("/api/backfill", api_backfill, methods=["POST"]),

@@ -250,6 +250,21 @@ async def mark_action(request: Request) -> Response:
     return RedirectResponse(f"/runs/{execution_id}?{urlencode({'done': note})}", 303)
 
 
+async def cancel_action(request: Request) -> Response:
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    execution_id = int_arg(form, "id")
+    if execution_id is None:
+        raise BadRequest("id: required")
+    outcome, _ = await run_in_threadpool(actions.cancel, ctx(request), execution_id, who(request))
+    note = {
+        "cancelled": "cancelled (it was queued)",
+        "requested": "the scheduler running it will cancel it",
+    }[outcome.value]
+    back = form.get("back", "")
+    target = back if back == "/" else f"/runs/{execution_id}"
+    return RedirectResponse(f"{target}?{urlencode({'done': note})}", 303)
+
+
 def who(request: Request) -> str:
     """Who a mark names: the dashboard and the address the request came from."""
     host = request.client.host if request.client else "unknown"
@@ -264,4 +279,5 @@ ROUTES = [
     Route("/runs/{id:int}/log.txt", log_download),
     Route("/actions/retry", retry_action, methods=["POST"]),
     Route("/actions/mark", mark_action, methods=["POST"]),
+    Route("/actions/cancel", cancel_action, methods=["POST"]),
 ]
