@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, bindparam, case, func, select, text
 
-from scheduler.store.history import Execution, LogRow, Status, Trigger
+from scheduler.store.history import Execution, LogRow, PhaseState, Status, Trigger
 from scheduler.store.schema import (
     alerts,
     execution_logs,
@@ -369,11 +369,6 @@ def hourly_counts(conn: Connection, since: datetime, until: datetime) -> Buckets
     return _buckets(conn, since, until, 13)
 
 
-def daily_counts(conn: Connection, since: datetime, until: datetime) -> Buckets:
-    """Executions created in [since, until) by day and status."""
-    return _buckets(conn, since, until, 10)
-
-
 def _buckets(conn: Connection, since: datetime, until: datetime, width: int) -> Buckets:
     c = executions.c
     bucket = func.substr(c.created_at, 1, width)
@@ -545,6 +540,30 @@ def file_summaries(conn: Connection) -> list[FileSummary]:
         FileSummary(r[0], r[1], r[2], r[3] or "", int(r[4] or 0), int(r[5] or 0))
         for r in conn.execute(query)
     ]
+
+
+def phase_state_of(conn: Connection, file_path: str, task: str) -> PhaseState | None:
+    """One phase's scheduling state (``phase_state``), or None before the scheduler saw it."""
+    s = phase_state.c
+    row = conn.execute(select(phase_state).where(s.file_path == file_path, s.task == task)).first()
+    if row is None:
+        return None
+    return PhaseState(
+        row.file_path,
+        row.task,
+        from_iso(row.first_seen),
+        from_iso(row.evaluated_until),
+        row.cron,
+        from_iso(row.next_fire) if row.next_fire else None,
+        bool(row.paused),
+    )
+
+
+def paused_of(conn: Connection, file_path: str, task: str) -> bool:
+    """Whether one phase's cron is paused."""
+    s = phase_state.c
+    query = select(s.paused).where(s.file_path == file_path, s.task == task)
+    return bool(conn.scalar(query))
 
 
 def paused_and_next(conn: Connection) -> dict[tuple[str, str], tuple[bool, datetime | None]]:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from scheduler import backfill as backfills
 from scheduler import planner
-from scheduler.catalog import RefreshResult, spec_from_row
+from scheduler.catalog import RefreshResult, depends_on_matches
 from scheduler.errors import TaskNotFound, TomlflowError
+from scheduler.followup import after_end
 from scheduler.rules import BatchBy
 from scheduler.store import browse, history, reruns
-from scheduler.store.history import Execution, NewExecution, Trigger
+from scheduler.store.history import Cancel, Execution, NewExecution, Status, Trigger
 from scheduler.store.reruns import Rerun
 from scheduler.store.workflows import phase_rows
 from scheduler.validation import PhaseSpec
@@ -37,7 +38,7 @@ def find_spec(context: WebContext, task: str, file_path: str | None) -> PhaseSpe
         rows = [r for f in files for r in phase_rows(conn, f) if r.task == task]
     if not rows:
         raise TaskNotFound(task)
-    return spec_from_row(rows[0])
+    return context.spec(rows[0])
 
 
 def runnable(spec: PhaseSpec) -> PhaseSpec:
@@ -122,6 +123,54 @@ def backfill(context: WebContext, request: BackfillRequest, execute: bool) -> Ba
         with context.db.write() as conn:
             history.insert_executions(conn, planned, now)
     return BackfillResult(spec, step, planned, execute)
+
+
+def mark(
+    context: WebContext, execution_id: int, status: Status, msg: str, who: str
+) -> reruns.Marked:
+    """Set a finished (or stuck) execution's result (as ``tomlflow mark``): complete releases
+    its children as a real completion would, error queues no retry. Raises TaskNotFound, or
+    MarkRefused (a TomlflowError) for a queued execution or one a live scheduler runs."""
+    if status not in reruns.MARKABLE:
+        raise BadRequest("result: complete or error")
+    now = context.clock.now()
+    release = _releaser(context, execution_id, now)
+    note = f"marked {status.value} by {who}" + (f": {msg}" if msg else "")
+    with context.db.write() as conn:
+        return reruns.mark(conn, execution_id, status, note, now, release)
+
+
+def _releaser(context: WebContext, execution_id: int, now: datetime) -> reruns.Release:
+    """What a completion of the execution releases, decided as the engine decides it; the
+    phases are read before the mark's write transaction, which then only inserts."""
+    with context.db.read() as conn:
+        execution = history.get_execution(conn, execution_id)
+        if execution is None:
+            raise TaskNotFound(f"execution {execution_id}")
+        siblings = [context.spec(r) for r in phase_rows(conn, execution.file_path)]
+    spec = next((s for s in siblings if s.task == execution.task), None)
+    children = [s for s in siblings if spec and depends_on_matches(s.depends_on, spec.task)]
+    root = context.config.workflow_root
+
+    def release(current: Execution) -> list[NewExecution]:
+        return after_end(current, Status.COMPLETE, "", {}, spec, children, now, 0.0, root).rows
+
+    return release
+
+
+def cancel(context: WebContext, execution_id: int, who: str) -> tuple[Cancel, Execution]:
+    """Cancel an execution (as ``tomlflow cancel``): a queued one at once, a running one by
+    asking the scheduler running it (it kills the process tree within a second or so).
+    Raises TaskNotFound for an unknown id, TomlflowError when it had already ended."""
+    with context.db.write() as conn:
+        outcome, execution = history.request_cancel(conn, execution_id, context.clock.now(), who)
+    if outcome is Cancel.UNKNOWN or execution is None:
+        raise TaskNotFound(f"execution {execution_id}")
+    if outcome is Cancel.ENDED:
+        raise TomlflowError(
+            f"execution {execution_id} already ended ({execution.status.value}): nothing to cancel"
+        )
+    return outcome, execution
 
 
 def refresh(context: WebContext) -> RefreshResult:

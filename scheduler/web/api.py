@@ -18,11 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scheduler.catalog import spec_from_row
 from scheduler.errors import TaskNotFound
 from scheduler.graph import topic_of
 from scheduler.store import browse, history
-from scheduler.store.history import FINISHED, Execution, NewExecution
+from scheduler.store.history import FINISHED, Execution, NewExecution, Status
 from scheduler.store.workflows import phase_rows
 from scheduler.tasktime import iso
 from scheduler.web import actions, ops, phases, runs
@@ -141,6 +140,12 @@ def api_logs(request: Request) -> Response:
     )
 
 
+def api_log_search(request: Request) -> Response:
+    """``GET /api/logs?q=WORDS[&task=&since=&until=&limit=]``: matching lines, newest first."""
+    _, hits = ops.search_logs(ctx(request), request.query_params)
+    return JSONResponse({"hits": [hit.as_dict() for hit in hits]})
+
+
 def api_next(request: Request) -> Response:
     """The next ``n`` cron fires of each runnable cron phase (or of ``task``)."""
     context = ctx(request)
@@ -149,22 +154,23 @@ def api_next(request: Request) -> Response:
     task = text_arg(params, "task")
     now = context.clock.now()
     with context.db.read() as conn:
-        state = browse.paused_and_next(conn)
+        states = history.phase_states(conn)
         rows = [] if task else [r for r in phase_rows(conn) if "cron" in r.rule]
     if task:
         specs = [actions.find_spec(context, task, text_arg(params, "file"))]
     else:  # only rules that can hold a cron are parsed: a few of a thousand phases
-        specs = [s for s in map(spec_from_row, rows) if s.rule and s.rule.cron]
+        specs = [s for s in map(context.spec, rows) if s.rule and s.rule.cron]
     result = []
     for spec in specs:
-        paused = state.get((spec.file_path, spec.task), (False, None))[0]
-        fires = phases.next_fires(spec, context.config.timezone, now, n)
+        state = states.get((spec.file_path, spec.task))
+        fires = phases.next_fires(spec, state, context.config.timezone, now, n)
         result.append(
             {
                 "file_path": spec.file_path,
                 "task": spec.task,
-                "paused": paused,
-                "next": [] if paused else [iso(t) for t in fires],
+                "paused": bool(state and state.paused),
+                "next": [iso(f.scheduled) for f in fires],
+                "late": [iso(f.scheduled) for f in fires if f.late],
             }
         )
     return JSONResponse({"phases": result})
@@ -209,6 +215,45 @@ async def api_retry(request: Request) -> Response:
             "cancelled": list(rerun.cancelled),
         },
         status_code=201,
+    )
+
+
+async def api_mark(request: Request) -> Response:
+    data = await body_of(request)
+    fields = {**_text(data, "id"), **_text(data, "result"), **_text(data, "msg")}
+    execution_id = int_arg(fields, "id")
+    result = fields.get("result", "")
+    if execution_id is None or result not in ("complete", "error"):
+        raise BadRequest("id and result (complete or error) are required")
+    marked = await run_in_threadpool(
+        actions.mark,
+        ctx(request),
+        execution_id,
+        Status(result),
+        fields.get("msg", ""),
+        runs.who(request),
+    )
+    return JSONResponse(
+        {
+            "execution_id": execution_id,
+            "status": result,
+            "was": marked.before.status.value,
+            "changed": marked.changed,
+            "released": marked.released,
+        }
+    )
+
+
+async def api_cancel(request: Request) -> Response:
+    data = await body_of(request)
+    execution_id = int_arg(_text(data, "id"), "id")
+    if execution_id is None:
+        raise BadRequest("id: required")
+    outcome, execution = await run_in_threadpool(
+        actions.cancel, ctx(request), execution_id, runs.who(request)
+    )
+    return JSONResponse(
+        {"execution_id": execution_id, "task": execution.task, "cancel": outcome.value}
     )
 
 
@@ -394,8 +439,11 @@ ROUTES = [
     Route("/api/runs/{id:int}", api_run),
     Route("/api/runs/{id:int}/logs", api_logs),
     Route("/api/next", api_next),
+    Route("/api/logs", api_log_search),
     Route("/api/trigger", api_trigger, methods=["POST"]),
     Route("/api/retry", api_retry, methods=["POST"]),
+    Route("/api/mark", api_mark, methods=["POST"]),
+    Route("/api/cancel", api_cancel, methods=["POST"]),
     Route("/api/pause", api_pause, methods=["POST"]),
     Route("/api/resume", api_pause, methods=["POST"]),
     Route("/api/backfill", api_backfill, methods=["POST"]),

@@ -8,7 +8,6 @@ database, and actions queue rows as the command line does.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,7 +36,7 @@ def create_app(config: Config, clock: Clock | None = None, *, warm: bool = False
     overview's 90-day heat-map is read on a background thread at once (``tomlflow web``)."""
     clock = clock or SystemClock()
     db = Database(config.database)
-    catalog = Catalog(db, config.workflows, clock)
+    catalog = Catalog(db, config.workflows, clock, config.workers)
     try:
         catalog.refresh()
     except TomlflowError as exc:  # an unreadable folder: the pages say so, the app still runs
@@ -94,7 +93,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_page(request, "internal error (logged on the server)", 500)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

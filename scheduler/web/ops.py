@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from scheduler.errors import TomlflowError
-from scheduler.store import browse, lease
+from scheduler.redact import redact
+from scheduler.store import browse, lease, search
 from scheduler.store.db import Database
 from scheduler.store.readonly import QueryResult
+from scheduler.store.search import Hit, SearchQuery
 from scheduler.web import actions
 from scheduler.web.context import WebContext, ctx
 from scheduler.web.render import BadRequest, int_arg, page, text_arg, time_arg, tomlflow_version
@@ -62,6 +65,43 @@ def files_page(request: Request) -> Response:
     return page(request, "files.html", reports=reports, queued=queued, path=path, older=older)
 
 
+# -- log search ----------------------------------------------------------------------------------
+
+
+def search_logs(context: WebContext, params: Mapping[str, str]) -> tuple[str, list[Hit]]:
+    """Lines of all stored output holding every word of ``q`` (as ``tomlflow logs --search``),
+    narrowed by ``task``, ``since``, ``until``; at most ``limit`` (500), newest first."""
+    words = text_arg(params, "q", 500) or ""
+    if not words:
+        return "", []
+    query = SearchQuery(
+        words,
+        text_arg(params, "task"),
+        time_arg(params, "since"),
+        time_arg(params, "until"),
+        int_arg(params, "limit", 100, 1, 500) or 100,
+    )
+    try:
+        with context.db.read() as conn:
+            return words, search.search(conn, query)
+    except ValueError as exc:
+        raise BadRequest(f"q: {exc}") from None
+
+
+def logs_page(request: Request) -> Response:
+    params = request.query_params
+    words, hits = search_logs(ctx(request), params)
+    return page(
+        request,
+        "logs.html",
+        q=words,
+        hits=hits,
+        task=params.get("task", ""),
+        since=params.get("since", ""),
+        until=params.get("until", ""),
+    )
+
+
 # -- about ---------------------------------------------------------------------------------------
 
 
@@ -71,7 +111,12 @@ def masked_config(context: WebContext) -> dict[str, Any]:
     return {
         "config file": str(config.source) if config.source else "(defaults)",
         "workflows": str(config.workflows),
-        "database": _mask_url(config.database),
+        "database": redact(config.database, config.database),
+        "read-only database": (
+            redact(config.readonly_database, config.readonly_database)
+            if config.readonly_database
+            else "- (the same, opened read-only)"
+        ),
         "timezone": config.timezone,
         "refresh": str(config.refresh),
         "max_workers": config.max_workers,
@@ -82,15 +127,6 @@ def masked_config(context: WebContext) -> dict[str, Any]:
         "web": f"{config.web.host}:{config.web.port}, token "
         + ("set (hidden)" if config.web.token else "not set"),
     }
-
-
-def _mask_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
 
 
 def about(request: Request) -> Response:
@@ -275,6 +311,7 @@ async def refresh_action(request: Request) -> Response:
 ROUTES = [
     Route("/alerts", alerts_page),
     Route("/files", files_page),
+    Route("/logs", logs_page),
     Route("/about", about),
     Route("/sql", sql_page, methods=["GET", "POST"]),
     Route("/sql.csv", sql_csv, methods=["POST"]),

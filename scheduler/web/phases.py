@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from scheduler import planner, timing
-from scheduler.catalog import depends_on_matches, spec_from_row
+from scheduler import planner
+from scheduler.catalog import depends_on_matches
 from scheduler.store import browse
+from scheduler.store.history import PhaseState
 from scheduler.store.workflows import phase_rows
 from scheduler.validation import PhaseSpec
 from scheduler.web import actions, cronwords, svg
@@ -25,15 +26,12 @@ NEXT_COUNT = 10
 TREND_RUNS = 100
 
 
-def next_fires(spec: PhaseSpec, default_tz: str, now: datetime, count: int) -> list[datetime]:
-    """The next ``count`` cron times of ``spec`` from ``now`` (the engine's next_fire)."""
-    if not spec.runnable or spec.rule is None or spec.rule.cron is None:
-        return []
-    zone, times, at = planner.zone_of(spec, default_tz), [], now
-    for _ in range(count):
-        at = timing.next_fire(spec.rule.cron, zone, at)
-        times.append(at)
-    return times
+def next_fires(
+    spec: PhaseSpec, state: PhaseState | None, default_tz: str, now: datetime, count: int
+) -> list[planner.Upcoming]:
+    """The next ``count`` fires as the engine will fire them (``planner.upcoming``: pause,
+    DST policy, catch-up after downtime, marked ``late``)."""
+    return planner.upcoming(spec, state, now, count, default_tz)
 
 
 def rule_words(spec: PhaseSpec, default_tz: str) -> list[str]:
@@ -70,8 +68,8 @@ def _phase_page(context: WebContext, request: Request) -> dict[str, Any]:
     with context.db.read() as conn:
         recent = browse.phase_runs(conn, spec.file_path, spec.task, TREND_RUNS)
         counts = browse.phase_counts_of(conn, spec.file_path, spec.task)
-        state = browse.paused_and_next(conn).get((spec.file_path, spec.task))
-        siblings = [spec_from_row(r) for r in phase_rows(conn, spec.file_path)]
+        state = browse.phase_state_of(conn, spec.file_path, spec.task)
+        siblings = [context.spec(r) for r in phase_rows(conn, spec.file_path)]
     children = [s for s in siblings if depends_on_matches(s.depends_on, spec.task)]
     trend = [
         (
@@ -83,9 +81,9 @@ def _phase_page(context: WebContext, request: Request) -> dict[str, Any]:
     ]
     return {
         "spec": spec,
-        "paused": bool(state and state[0]),
+        "paused": bool(state and state.paused),
         "words": rule_words(spec, context.config.timezone),
-        "fires": next_fires(spec, context.config.timezone, now, NEXT_COUNT),
+        "fires": next_fires(spec, state, context.config.timezone, now, NEXT_COUNT),
         "recent": recent[:20],
         "counts": counts,
         "trend": svg.trend(trend, f"duration of the last {len(trend)} runs"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from scheduler.tasktime import from_iso, iso, parse_at
+from scheduler.tasktime import from_iso, parse_at
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -119,10 +119,6 @@ def page(request: Request, template: str, status: int = 200, **values: Any) -> H
     return HTMLResponse(html, status_code=status)
 
 
-def fragment(template: str, **values: Any) -> str:
-    return _ENV.get_template(template).render(**values)
-
-
 def json_error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -176,11 +172,3 @@ def time_arg(params: Mapping[str, str], name: str) -> datetime | None:
         return parse_at(raw)
     except ValueError as exc:
         raise BadRequest(f"{name}: {exc}") from None
-
-
-def iso_or_none(value: datetime | None) -> str | None:
-    return iso(value) if value else None
-
-
-def since(now: datetime, hours: int) -> datetime:
-    return now - timedelta(hours=hours)

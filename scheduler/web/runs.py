@@ -230,6 +230,47 @@ async def retry_action(request: Request) -> Response:
     return RedirectResponse(f"/runs/{rerun.execution_id}?{urlencode({'done': note})}", 303)
 
 
+async def mark_action(request: Request) -> Response:
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    execution_id = int_arg(form, "id")
+    result = form.get("result", "")
+    if execution_id is None or result not in ("complete", "error"):
+        raise BadRequest("id and result (complete or error) are required")
+    marked = await run_in_threadpool(
+        actions.mark,
+        ctx(request),
+        execution_id,
+        Status(result),
+        form.get("msg", ""),
+        who(request),
+    )
+    note = f"marked {result}" if marked.changed else f"already {result}"
+    if marked.released:
+        note += f"; released {marked.released} child runs"
+    return RedirectResponse(f"/runs/{execution_id}?{urlencode({'done': note})}", 303)
+
+
+async def cancel_action(request: Request) -> Response:
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    execution_id = int_arg(form, "id")
+    if execution_id is None:
+        raise BadRequest("id: required")
+    outcome, _ = await run_in_threadpool(actions.cancel, ctx(request), execution_id, who(request))
+    note = {
+        "cancelled": "cancelled (it was queued)",
+        "requested": "the scheduler running it will cancel it",
+    }[outcome.value]
+    back = form.get("back", "")
+    target = back if back == "/" else f"/runs/{execution_id}"
+    return RedirectResponse(f"{target}?{urlencode({'done': note})}", 303)
+
+
+def who(request: Request) -> str:
+    """Who a mark names: the dashboard and the address the request came from."""
+    host = request.client.host if request.client else "unknown"
+    return f"web ({host})"
+
+
 ROUTES = [
     Route("/runs", runs),
     Route("/runs/export.{kind:str}", export),
@@ -237,4 +278,6 @@ ROUTES = [
     Route("/runs/{id:int}/log", log_fragment),
     Route("/runs/{id:int}/log.txt", log_download),
     Route("/actions/retry", retry_action, methods=["POST"]),
+    Route("/actions/mark", mark_action, methods=["POST"]),
+    Route("/actions/cancel", cancel_action, methods=["POST"]),
 ]

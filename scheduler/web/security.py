@@ -102,7 +102,8 @@ class SecurityMiddleware:
                 await _json_or_text(403, problem, scope, receive, send)
                 return
             receive = _replay(body)
-        await self.app(scope, receive, _with_cookie(send, csrf) if fresh else send)
+        secure = scope.get("scheme") == "https"
+        await self.app(scope, receive, _with_cookie(send, csrf, secure) if fresh else send)
 
     def _refusal(self, headers: Headers, cookie: str, body: bytes) -> str:
         """Why this POST is refused, or ``""`` when it is accepted."""
@@ -167,8 +168,10 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-def _with_cookie(send: Send, csrf: str) -> Send:
-    cookie = f"{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict"
+def _with_cookie(send: Send, csrf: str, secure: bool) -> Send:
+    cookie = f"{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict" + (
+        "; Secure" if secure else ""
+    )
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":

@@ -15,7 +15,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from scheduler import graph
-from scheduler.catalog import spec_from_row
 from scheduler.errors import WorkflowError
 from scheduler.store import browse
 from scheduler.store.workflows import phase_rows
@@ -95,7 +94,7 @@ def workflow_detail(request: Request) -> Response:
         summary = next((f for f in browse.file_summaries(conn) if f.file_path == key), None)
         if summary is None:
             raise BadRequest(f"no workflow file {key!r}", 404)
-        specs = [spec_from_row(r) for r in phase_rows(conn, key)]
+        specs = [context.spec(r) for r in phase_rows(conn, key)]
         last = browse.last_of_file(conn, key)
         cells = browse.newest_cells(conn, key, [s.task for s in specs][:GRID_PHASES], GRID_TIMES)
     source = _source(context.config.workflows, key)

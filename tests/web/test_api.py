@@ -141,3 +141,35 @@ def test_flowlord_info_refresh_backload_and_task(app: Starlette, client: TestCli
     assert client.get(f"/task/{row.id}").json()["result"] == "queued"
     assert client.get(f"/task/{row.task_id}").json()["id"] == row.id
     assert client.get("/task/nope").status_code == 404
+
+
+def test_next_fires_follow_the_engine_pause_and_catch_up(
+    app: Starlette, client: TestClient
+) -> None:
+    from datetime import timedelta
+
+    from scheduler import planner
+    from scheduler.store.history import PhaseState
+
+    context = app.state.ctx
+    now = context.clock.now()
+    spec = next(s for s in context.catalog.phases() if s.task == "extract:orders")
+    down_since = now - timedelta(days=3)  # the scheduler last looked three days ago
+    state = PhaseState(
+        "etl.toml",
+        "extract:orders",
+        down_since,
+        down_since,
+        planner.signature(spec, "UTC"),
+        None,
+        False,
+    )
+    with db_of(app).write() as conn:
+        history.save_phase_states(conn, [state])
+    [phase] = client.get("/api/next?n=3").json()["phases"]
+    assert len(phase["next"]) == 3 and len(phase["late"]) == 1  # catchup=latest: one, now
+    html = client.get("/phases/extract:orders").text
+    assert "missed: fires at the next tick" in html
+    client.post("/api/pause", json={"task": "extract:orders"})
+    assert client.get("/api/next").json()["phases"][0]["next"] == []
+    assert "Paused: no cron fire" in client.get("/phases/extract:orders").text

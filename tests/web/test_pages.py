@@ -39,6 +39,8 @@ PAGES = [
     "/edit/delete?file=etl.toml",
     "/edit/duplicate?file=etl.toml",
     "/login",
+    "/logs",
+    "/logs?q=anything",
 ]
 
 
@@ -434,3 +436,37 @@ def test_overview_charts_count_todays_runs_and_the_last_90_days(
     assert f"<title>{hour:%H}:00: 3 queued</title>" in html
     assert f"<title>{hour - timedelta(days=2):%Y-%m-%d}: 1 runs</title>" in html
     assert "4 runs" in html  # the heat-map's total
+
+
+def test_sql_console_uses_readonly_database(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import sqlite3
+
+    from scheduler.config import load_config
+    from scheduler.web.app import create_app
+    from tests.conftest import make_site
+
+    root = tmp_path_factory.mktemp("ro")
+    other = root / "reporting.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE marker (x TEXT)")
+        conn.execute("INSERT INTO marker VALUES ('from the read-only database')")
+    site = make_site(root, {})
+    config = site / "tomlflow.toml"
+    setting = f'[scheduler]\nreadonly_database = "sqlite:///{other}"\n'
+    config.write_text(config.read_text().replace("[scheduler]\n", setting))
+    client = TestClient(create_app(load_config(str(config))))
+    token = csrf_of(client, "/sql")
+    found = client.post("/sql", data={"csrf": token, "sql": "SELECT x FROM marker"})
+    assert "from the read-only database" in found.text
+    assert "reporting.db" in client.get("/about", headers=HTML).text
+
+
+def test_about_never_shows_a_database_password() -> None:
+    from types import SimpleNamespace
+
+    from scheduler.config import Config
+    from scheduler.web.ops import masked_config
+
+    url = "postgresql+psycopg://ann:s3cret@db.example/tomlflow"
+    shown = masked_config(SimpleNamespace(config=Config(database=url, readonly_database=url)))
+    assert "s3cret" not in str(shown) and "db.example" in shown["database"]

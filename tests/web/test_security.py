@@ -230,3 +230,14 @@ def test_an_oversized_body_is_refused(client: TestClient) -> None:
         "/api/sql", content=b"x" * (3 * 1024 * 1024), headers={"content-type": "application/json"}
     )
     assert response.status_code == 413 and response.json() == {"error": "request body too large"}
+
+
+def test_cookies_are_httponly_samesite_and_secure_over_https(app: object) -> None:
+    plain = TestClient(app).get("/")  # type: ignore[arg-type]
+    assert (
+        "HttpOnly" in plain.headers["set-cookie"]
+        and "SameSite=Strict" in plain.headers["set-cookie"]
+    )
+    assert "Secure" not in plain.headers["set-cookie"]
+    tls = TestClient(app, base_url="https://testserver").get("/")  # type: ignore[arg-type]
+    assert "; Secure" in tls.headers["set-cookie"]
