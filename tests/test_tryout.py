@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import select as fdselect
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -128,3 +130,32 @@ def test_an_unknown_task_is_exit_2(
 ) -> None:
     assert main([command, "nosuch"]) == 2
     assert "no phase with task 'nosuch'" in capsys.readouterr().err
+
+
+def test_test_streams_output_while_the_phase_runs(tmp_path: Path) -> None:
+    # given a phase that prints a line, then waits for a file the test makes only after reading it
+    gate = tmp_path / "gate"
+    waits = (
+        '[[phase]]\ntask = "waits"\nrule = "manual"\n'
+        f"template = \"sh -c 'echo first; while [ ! -e {gate} ]; do sleep 0.05; done; "
+        "echo last'\"\n"
+    )
+    site = make_site(tmp_path, {"w.toml": waits})
+    proc = subprocess.Popen(
+        [PY, "-m", "scheduler", "test", "waits", "--config", str(site / "tomlflow.toml")],
+        cwd=site, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # when its first line is read, then it came while the phase still ran (else: no line,
+        # the phase waits for ever, and the read below times out)
+        ready, _, _ = fdselect.select([proc.stdout], [], [], 60)
+        assert ready and proc.stdout is not None
+        assert proc.stdout.readline().strip() == "first"
+        assert proc.poll() is None
+        gate.touch()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert out.splitlines()[0] == "last" and "result: complete" in out

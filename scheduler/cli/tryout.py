@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -35,7 +35,7 @@ from scheduler.cli.common import (
 from scheduler.config import Config, load_config
 
 # The one place the executor is imported from (its module may move; repoint this line).
-from scheduler.executors import Launch, LocalExecutor, Outcome, Result, launch_env
+from scheduler.executors import Launch, LocalExecutor, LogLine, Outcome, Result, launch_env
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -161,32 +161,32 @@ def test_cmd(task: str, at: str | None, metas: tuple[str, ...], file_path: str |
 
 
 def run_one(launch: Launch, echo: bool) -> Outcome:
-    """Run one launch through the executor and wait for it; Ctrl-C cancels it."""
+    """Run one launch through the executor, printing its output as it comes; Ctrl-C cancels it."""
     executor = LocalExecutor(1, lambda: datetime.now(UTC))
     executor.submit(launch)
     try:
-        outcome = _wait(executor)
+        outcome = _follow(executor, to_stderr=not echo)
     except KeyboardInterrupt:
         executor.cancel(launch.execution_id, "interrupted")
         executor.shutdown(0)
         raise click.exceptions.Abort() from None
     executor.shutdown(0)
-    _echo_output(outcome, to_stderr=not echo)
     return outcome
 
 
-def _wait(executor: LocalExecutor) -> Outcome:
+def _follow(executor: LocalExecutor, to_stderr: bool) -> Outcome:
+    """Print the lines the run prints while it runs (at most ~0.2 s behind), then the rest."""
     while True:
-        done = executor.collect(timeout=None)
+        done = executor.collect(timeout=0.2)
+        _echo(executor.lines(), to_stderr)  # after collect: an ended run's rest is its outcome's
         if done:
+            _echo(done[0].logs, to_stderr)
             return done[0]
 
 
-def _echo_output(outcome: Outcome, to_stderr: bool) -> None:
-    # The executor hands the lines over when the run ends; they are printed as it ran them.
-    for line in outcome.logs:
-        err = to_stderr or line.stream != "stdout"
-        click.echo(line.line, err=err)
+def _echo(lines: Iterable[LogLine], to_stderr: bool) -> None:
+    for line in lines:
+        click.echo(line.line, err=to_stderr or line.stream != "stdout")
 
 
 def _print_outcome(outcome: Outcome) -> None:
