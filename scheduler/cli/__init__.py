@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import click
 
-from scheduler.cli import edit, files, ops, query, runs, workflows
+from scheduler.cli import edit, files, ops, query, runs, worker, workflows
 from scheduler.cli.common import ExitCode, err_console
 from scheduler.errors import TomlflowError
 
@@ -26,7 +26,7 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for module in (workflows, runs, ops, query, edit, files):
+for module in (workflows, runs, ops, query, edit, files, worker):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -32,7 +32,7 @@ from scheduler.cli.common import (
 from scheduler.clock import SystemClock
 from scheduler.engine import Engine, TickReport
 from scheduler.errors import TomlflowError
-from scheduler.executors import LocalExecutor
+from scheduler.executors import Executor, LocalExecutor
 from scheduler.store import history
 from scheduler.store.history import Status, Trigger
 from scheduler.tasktime import iso
@@ -53,7 +53,12 @@ _STATUS_COLOURS = {
 @contextmanager
 def _engine(app: App) -> Iterator[Engine]:
     clock = SystemClock()
-    executor = LocalExecutor(app.config.max_workers, clock.now)
+    if app.config.executor.kind == "celery":
+        from scheduler.executors.celery import CeleryExecutor  # loads Celery: only when used
+
+        executor: Executor = CeleryExecutor(app.config, clock.now)
+    else:
+        executor = LocalExecutor(app.config.max_workers, clock.now)
     yield Engine(app.config, app.db, executor, clock)
 
 

@@ -1,0 +1,302 @@
+"""``CeleryExecutor``: the scheduler's end of running phases on Celery workers.
+
+``submit`` stores the launch in Redis and sends it as one Celery task with a deterministic id.
+One listener thread then follows every execution in flight through the backchannel
+(``backchannel``): it wakes on the ``done`` list the moment a worker stores an outcome, and
+every ``_SWEEP`` seconds it reads claims (start notices), heartbeats and new output lines. An
+execution whose worker stopped beating for ``heartbeat_timeout`` ends as an ERROR here, and the
+worker, should it wake up, is told to kill it.
+
+Nothing here decides what runs: the engine does, from the database. Redis only carries what a
+worker says back, and keeps it until the engine has recorded it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import redis
+
+from scheduler.config import Config
+from scheduler.durations import format_duration
+from scheduler.errors import ExecutorError
+from scheduler.executors import backchannel as bc
+from scheduler.executors.base import Clock, Launch, LogLine, Outcome, Result, Started, make_outcome
+from scheduler.executors.worker import make_app
+
+log = logging.getLogger(__name__)
+
+_SWEEP = 0.25  # seconds between reads of claims, heartbeats and output lines
+_DONE_BATCH = 500
+
+
+def queue_for(config: Config, topic: str, job: str) -> str:
+    """The Celery queue of a phase: its ``[workers]`` table's ``queue``; else its topic when the
+    configuration has a ``[workers."topic"]`` (or ``"topic:job"``) table; else ``default``."""
+    worker = config.worker_for(topic, job)
+    if worker is None:
+        return bc.DEFAULT_QUEUE
+    return worker.queue or topic
+
+
+def python_target(config: Config, topic: str, job: str) -> str:
+    worker = config.worker_for(topic, job)
+    return worker.python if worker else ""
+
+
+@dataclass
+class _Flight:
+    """What the listener knows of one execution in flight."""
+
+    attempt: int
+    claimed: bool = False
+    beat: int | None = None
+    beat_seen: float = 0.0  # monotonic time the beat last changed (or the claim was first seen)
+    cursor: int = 0  # log batches already read
+
+
+class CeleryExecutor:
+    """Runs launches on Celery workers; see the module docstring. Thread-safe."""
+
+    def __init__(
+        self,
+        config: Config,
+        now: Clock,
+        *,
+        namespace: str | None = None,
+        sweep: float = _SWEEP,
+    ) -> None:
+        settings = config.executor
+        self._config = config
+        self._now = now
+        self._namespace = namespace or settings.namespace or bc.namespace_for(config.database)
+        self._keys = bc.Keys(self._namespace)
+        self._timeout = settings.heartbeat_timeout
+        self._sweep = sweep
+        self._broker = bc.redact(settings.broker)
+        self._redis = redis.Redis.from_url(settings.backchannel_url)
+        self._app = make_app(settings.broker)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._flights: dict[int, _Flight] = {}
+        self._done: list[Outcome] = []
+        self._started: list[Started] = []
+        self._lines: list[LogLine] = []
+        self._closed = threading.Event()  # no more submits
+        self._stop = threading.Event()  # the listener ends
+        self._listener = threading.Thread(target=self._listen, name="tomlflow-celery", daemon=True)
+        self._listener.start()
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    # -- the Executor interface ---------------------------------------------------------------
+
+    def submit(self, launch: Launch) -> None:
+        eid = launch.execution_id
+        with self._lock:
+            if self._closed.is_set():
+                raise ExecutorError(f"executor is shut down; cannot run execution {eid}")
+            if eid in self._flights:
+                raise ExecutorError(f"execution {eid} is already in flight")
+            self._flights[eid] = _Flight(launch.attempt)
+        queue = queue_for(self._config, launch.topic, launch.job)
+        python = python_target(self._config, launch.topic, launch.job)
+        payload = bc.launch_payload(launch, self._namespace, queue, python)
+        try:
+            self._redis.set(self._keys.sent(eid), json.dumps(payload), ex=bc.KEEP_SECONDS)
+            self._send(payload)
+        except Exception as exc:  # broker or Redis down: an error outcome, retry policy applies
+            msg = f"cannot send to the broker {self._broker}: {type(exc).__name__}"
+            log.error("execution %d: %s: %s", eid, msg, bc.redact(str(exc)))
+            at = self._now()
+            self._publish(make_outcome(launch, Result.ERROR, msg, at, at))
+
+    def collect(self, timeout: float | None = 0) -> list[Outcome]:
+        with self._lock:
+            if timeout is None or timeout > 0:
+                ready = lambda: bool(self._done) or not self._flights  # noqa: E731
+                self._changed.wait_for(ready, timeout)
+            done, self._done = self._done, []
+            return done
+
+    def started(self) -> list[Started]:
+        with self._lock:
+            started, self._started = self._started, []
+            return started
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self._flights)
+
+    def lines(self) -> list[LogLine]:
+        """Output lines of running executions read since the last call (live logs)."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            return lines
+
+    def cancel(self, execution_id: int, reason: str) -> None:
+        """Cancel an execution: one no worker has claimed yet ends at once (its claim is taken
+        so no worker ever runs it); a running one is killed by its worker, whole tree."""
+        with self._lock:
+            flight = self._flights.get(execution_id)
+        if flight is None:
+            return
+        claim = json.dumps({"cancel": reason})
+        key = self._keys.claim(execution_id, flight.attempt)
+        if self._redis.set(key, claim, nx=True, ex=bc.KEEP_SECONDS):
+            at = self._now()
+            self._publish(
+                Outcome(execution_id, Result.CANCELLED, reason, None, {}, at, at, (), None)
+            )
+            return
+        self._redis.set(self._keys.cancel(execution_id), reason, ex=bc.KEEP_SECONDS)
+
+    def shutdown(self, grace: float) -> list[Outcome]:
+        """Stop accepting, wait up to ``grace`` seconds for outcomes, then stop listening.
+
+        Executions still running on workers are NOT cancelled: they run on, their outcomes
+        wait in Redis, and the next scheduler adopts them (``recover``).
+        """
+        self._closed.set()
+        end = time.monotonic() + grace
+        outcomes: list[Outcome] = []
+        while self.running() and (left := end - time.monotonic()) > 0:
+            outcomes += self.collect(left)
+        self._stop.set()
+        self._listener.join()
+        outcomes += self.collect(0)
+        left_running = self.running()
+        if left_running:
+            log.warning("%d executions left on workers; the next start adopts them", left_running)
+        self._app.close()
+        self._redis.close()
+        return outcomes
+
+    def release(self, execution_ids: Sequence[int]) -> None:
+        """Delete what Redis keeps of executions whose outcomes are recorded (claims stay)."""
+        keys = [key for eid in execution_ids for key in self._keys.per_execution(eid)]
+        if keys:
+            self._redis.delete(*keys)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        eid, attempt = int(payload["execution_id"]), int(payload["attempt"])
+        self._app.send_task(
+            bc.TASK_NAME,
+            args=[payload],
+            task_id=bc.task_id(self._namespace, eid, attempt),
+            queue=str(payload["queue"]),
+        )
+
+    def _publish(self, outcome: Outcome, logs: Sequence[LogLine] = ()) -> None:
+        """Hand ``outcome`` to ``collect``; a start notice first if none was given."""
+        with self._lock:
+            flight = self._flights.pop(outcome.execution_id, None)
+            if flight is None:
+                return  # already ended (a cancel, a lost worker) or never ours
+            if logs:
+                outcome = replace(outcome, logs=(*logs, *outcome.logs))
+            if not flight.claimed:
+                self._started.append((outcome.execution_id, None, outcome.started_at))
+            self._done.append(outcome)
+            self._changed.notify_all()
+
+    # -- listening ----------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            try:
+                self._take_done(max(0.01, min(next_sweep - time.monotonic(), self._sweep)))
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self._sweep
+                    self._sweep_flights()
+            except redis.RedisError as exc:
+                log.warning("backchannel unreachable: %s", bc.redact(str(exc)))
+                self._stop.wait(self._sweep)
+
+    def _take_done(self, wait: float) -> None:
+        item = self._redis.blpop([self._keys.done], timeout=wait)
+        if item is None:
+            return
+        texts = [item[1]]
+        more = self._redis.lpop(self._keys.done, _DONE_BATCH)
+        if isinstance(more, list):
+            texts += more
+        for text in texts:
+            self._ended(bc.outcome_of(text))
+
+    def _ended(self, ended: bc.Ended) -> None:
+        eid = ended.outcome.execution_id
+        with self._lock:
+            flight = self._flights.get(eid)
+        if flight is None:
+            return
+        logs: list[LogLine] = []
+        if ended.batches > flight.cursor:
+            batches = self._redis.lrange(self._keys.logs(eid), flight.cursor, -1)
+            logs = bc.lines_of(eid, batches)
+        self._publish(ended.outcome, logs)
+
+    def _sweep_flights(self) -> None:
+        """Read claims, heartbeats and new output of every execution in flight."""
+        with self._lock:
+            flights = list(self._flights.items())
+        if not flights:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for eid, flight in flights:
+            pipe.get(self._keys.claim(eid, flight.attempt))
+            pipe.get(self._keys.beat(eid))
+            pipe.lrange(self._keys.logs(eid), flight.cursor, -1)
+        replies = pipe.execute()
+        lost = []
+        for i, (eid, flight) in enumerate(flights):
+            claim, beat, batches = replies[3 * i : 3 * i + 3]
+            if claim is not None and self._note(eid, flight, claim, beat, batches):
+                lost.append(eid)
+        for eid in lost:
+            self._lose(eid)
+
+    def _note(
+        self, eid: int, flight: _Flight, claim: bytes, beat: bytes | None, batches: list[bytes]
+    ) -> bool:
+        """Take in one sweep's view of a claimed execution; True if its worker is lost."""
+        worker, started_at, cancelled = bc.claim_of(claim)
+        now = time.monotonic()
+        with self._lock:
+            if self._flights.get(eid) is not flight:
+                return False
+            if not flight.claimed and not cancelled:
+                flight.claimed = True
+                flight.beat_seen = now
+                self._started.append((eid, None, started_at or self._now()))
+                self._lines.append(LogLine(eid, 0, self._now(), "system", f"worker {worker}"))
+            if batches:
+                flight.cursor += len(batches)
+                self._lines.extend(bc.lines_of(eid, batches))
+            value = int(beat) if beat is not None else None
+            if value != flight.beat:
+                flight.beat, flight.beat_seen = value, now
+            return flight.claimed and now - flight.beat_seen >= self._timeout.total_seconds()
+
+    def _lose(self, eid: int) -> None:
+        """Close ``eid`` whose worker stopped beating; tell the worker, should it wake, to stop."""
+        text = self._redis.get(self._keys.outcome(eid))
+        if text is not None:  # it ended just now after all
+            self._ended(bc.outcome_of(text))
+            return
+        msg = f"worker lost: no heartbeat for {format_duration(self._timeout)}"
+        self._redis.set(self._keys.cancel(eid), msg, ex=bc.KEEP_SECONDS)
+        at = self._now()
+        log.warning("execution %d: %s", eid, msg)
+        self._publish(Outcome(eid, Result.ERROR, msg, None, {}, at, at, (), None))

@@ -1,0 +1,268 @@
+"""The Celery side: the app both ends share, and the task that runs one phase on a worker host.
+
+A worker needs no database. For each message it takes the execution's claim (``SET NX``): a
+message delivered twice (a redelivery after the visibility timeout, a re-send after a scheduler
+crash) finds the claim taken and runs nothing. While the command runs, one monitor thread per
+worker process bumps each execution's heartbeat, pushes its new output lines and looks for a
+stop request; at the end the outcome is written to Redis, where it stays until the scheduler has
+recorded it. The command itself runs through ``command.run_command``, exactly as a local one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.exceptions import Reject
+
+from scheduler.clock import SystemClock
+from scheduler.config import ExecutorConfig
+from scheduler.executors import backchannel as bc
+from scheduler.executors.base import Launch, LogLine, Outcome, Result, make_outcome
+from scheduler.executors.command import (
+    DEFAULT_KILL_GRACE,
+    DEFAULT_LOG_CAP,
+    Run,
+    Worker,
+    run_command,
+)
+from scheduler.executors.inprocess import call_python
+
+log = logging.getLogger(__name__)
+
+BEAT_EVERY = 1.0  # seconds between heartbeats, output pushes and stop checks
+_BACKCHANNEL_RETRY = 1.0  # pause before handing a message back when Redis cannot be reached
+
+
+def make_app(broker: str) -> Celery:
+    """The Celery app of tomlflow, as the scheduler (sending) and the workers (running) use it.
+
+    - ``acks_late`` with prefetch 1: a message is acknowledged only after its phase ran, and a
+      worker holds one message per free slot, so a worker that dies loses no queued work;
+    - ``task_reject_on_worker_lost`` off: a lost worker's message is not requeued at once; the
+      scheduler closes the execution after the heartbeat timeout and its retry policy decides
+      (a requeue could only meet the claim and run nothing);
+    - no result backend: outcomes travel through the backchannel, which the scheduler releases
+      only once they are recorded.
+    """
+    app = Celery("tomlflow", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        task_default_queue=bc.DEFAULT_QUEUE,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        # A broker that is down must not stall the scheduler's tick for long.
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+    )
+    return app
+
+
+@dataclass
+class _Active:
+    """One execution running on this worker, as the monitor sees it."""
+
+    keys: bc.Keys
+    execution_id: int
+    run: Run
+    batches: int = 0
+    pending: list[LogLine] = field(default_factory=list)
+
+
+class Monitor:
+    """Heartbeats, output pushes and stop checks for every execution running in this process,
+    in one Redis round trip per beat."""
+
+    def __init__(self, client: redis.Redis, every: float = BEAT_EVERY) -> None:
+        self._redis = client
+        self._every = every
+        self._lock = threading.Lock()
+        self._active: dict[int, _Active] = {}
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tomlflow-monitor", daemon=True)
+        self._thread.start()
+
+    def add(self, active: _Active) -> None:
+        with self._lock:
+            self._active[active.execution_id] = active
+
+    def finish(self, active: _Active, outcome: Outcome, worker: str) -> None:
+        """Stop watching ``active`` and store its last output and its outcome, in one step."""
+        with self._lock:  # so no beat pushes a batch of it after the outcome
+            self._active.pop(active.execution_id, None)
+        _report(self._redis, active, outcome, worker)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._closed.wait(self._every):
+            try:
+                self.beat()
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def beat(self) -> None:
+        with self._lock:
+            actives = list(self._active.values())
+            if not actives:
+                return
+            pipe = self._redis.pipeline(transaction=False)
+            for active in actives:
+                keys, eid = active.keys, active.execution_id
+                pipe.incr(keys.beat(eid))
+                pipe.expire(keys.beat(eid), bc.KEEP_SECONDS)
+                pipe.get(keys.cancel(eid))
+            replies = pipe.execute()
+        for active, reason in zip(actives, replies[2::3], strict=True):
+            if reason is not None:
+                active.run.stop(Result.CANCELLED, _text(reason))
+
+
+def _report(client: redis.Redis, active: _Active, outcome: Outcome, worker: str) -> None:
+    keys, eid = active.keys, active.execution_id
+    lines = [*active.pending, *outcome.logs]
+    batches = active.batches + (1 if lines else 0)
+    text = bc.outcome_json(outcome, batches, worker)
+    pipe = client.pipeline(transaction=True)
+    if lines:
+        pipe.rpush(keys.logs(eid), bc.lines_json(lines))
+        pipe.expire(keys.logs(eid), bc.KEEP_SECONDS)
+    pipe.set(keys.outcome(eid), text, ex=bc.KEEP_SECONDS)
+    pipe.lpush(keys.done, text)
+    pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class PhaseRunner:
+    """Runs the phases of the messages this worker process receives (thread-safe)."""
+
+    def __init__(self, client: redis.Redis, name: str | None = None) -> None:
+        self._redis = client
+        self._clock = SystemClock()
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.monitor = Monitor(client)
+
+    def run(self, payload: Mapping[str, Any]) -> str:
+        """Run the payload's command unless another delivery already claimed it.
+
+        Returns what happened (``ran``, ``duplicate``, ``cancelled``). Raises Celery's Reject
+        (requeue) when the backchannel cannot be reached before the claim: nothing ran yet.
+        """
+        keys = bc.Keys(str(payload["ns"]))
+        eid, attempt = int(payload["execution_id"]), int(payload["attempt"])
+        started_at = self._clock.now()
+        try:
+            claim = bc.claim_json(self.name, started_at)
+            if not self._redis.set(keys.claim(eid, attempt), claim, nx=True, ex=bc.KEEP_SECONDS):
+                log.info("execution %d attempt %d already claimed: not run again", eid, attempt)
+                return "duplicate"
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(keys.beat(eid), 1, ex=bc.KEEP_SECONDS)
+            pipe.get(keys.cancel(eid))
+            _, reason = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("backchannel unreachable, message handed back: %s", exc)
+            time.sleep(_BACKCHANNEL_RETRY)
+            raise Reject(str(exc), requeue=True) from exc
+        launch = bc.launch_of(payload)
+        active = _Active(keys, eid, Run(-1, DEFAULT_KILL_GRACE))
+        if reason is not None:  # cancelled while it waited in the queue
+            outcome = make_outcome(launch, Result.CANCELLED, _text(reason), started_at, started_at)
+            self.monitor.finish(active, outcome, self.name)
+            return "cancelled"
+        outcome = self._execute(launch, str(payload.get("python") or ""), active)
+        self.monitor.finish(active, outcome, self.name)
+        return "ran"
+
+    def _execute(self, launch: Launch, python: str, active: _Active) -> Outcome:
+        started_at = self._clock.now()
+        try:
+            if python:
+                from scheduler.dispatcher import python_worker  # only workers that need it
+
+                callable_launch = _with_callable(launch, python_worker(python))
+                result, msg, meta = call_python(callable_launch)
+                return make_outcome(launch, result, msg, started_at, self._clock.now(), meta=meta)
+            waker = Worker()
+            try:
+                active.run = Run(waker.wake_w, DEFAULT_KILL_GRACE)
+                self.monitor.add(active)
+                return run_command(
+                    launch, active.run, waker, self._clock.now, DEFAULT_LOG_CAP, _ignore_start
+                )
+            finally:
+                waker.close()
+        except Exception as exc:  # a bug or a bad payload must still end the execution
+            log.exception("worker failure on execution %d", launch.execution_id)
+            msg = f"worker failure: {type(exc).__name__}: {exc}"
+            return make_outcome(launch, Result.ERROR, msg, started_at, self._clock.now())
+
+    def close(self) -> None:
+        self.monitor.close()
+
+
+def _ignore_start(_pid: int | None, _at: object) -> None:
+    """The claim already told the scheduler when the execution started."""
+
+
+def _with_callable(launch: Launch, function: Any) -> Launch:
+    from dataclasses import replace
+
+    return replace(launch, callable=function)
+
+
+def register(app: Celery, runner: PhaseRunner) -> None:
+    """Make ``app`` run phases through ``runner``."""
+
+    @app.task(name=bc.TASK_NAME, bind=True)  # type: ignore[untyped-decorator]
+    def run_phase(self: Any, payload: dict[str, Any]) -> str:
+        return runner.run(payload)
+
+
+def serve(config: ExecutorConfig, queues: Sequence[str], concurrency: int, verbose: int) -> int:
+    """Run a Celery worker for ``queues`` until it is told to stop; returns its exit code."""
+    app = make_app(config.broker)
+    client = redis.Redis.from_url(config.backchannel_url)
+    runner = PhaseRunner(client)
+    register(app, runner)
+    level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+        f"--queues={','.join(queues)}",
+        f"--hostname=tomlflow-{os.getpid()}@%h",
+        f"--loglevel={level}",
+        # Gossip, mingle and worker heartbeats cost broker traffic we do not use.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    try:
+        app.worker_main(argv)
+    finally:
+        runner.close()
+        client.close()
+    return 0
