@@ -1,0 +1,359 @@
+"""Phases on Celery workers, for real: a private redis-server, real ``tomlflow worker`` processes,
+and the scheduler as a real process (or its executor in this process).
+
+Skipped, saying why, when no ``redis-server`` binary is installed (``.ci/celery`` installs one).
+Every test uses queue names of its own, so a message one test leaves behind reaches no other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from scheduler.store.db import Database
+from scheduler.store.schema import execution_logs, executions
+from tests.conftest import make_site
+
+PY = sys.executable
+REDIS = shutil.which("redis-server")
+if REDIS is None:
+    pytest.skip(
+        "Celery integration tests SKIPPED: no redis-server binary (apt-get install redis-server, "
+        "or run .ci/celery)",
+        allow_module_level=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free port for this module, without persistence."""
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    assert REDIS is not None
+    server = subprocess.Popen(
+        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    wait_for(lambda: _pings(client), timeout=10)
+    client.close()
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def _pings(client: Any) -> bool:
+    """the redis server answers"""
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {check.__doc__ or check}")
+
+
+Workers = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Start ``tomlflow worker`` processes; each is named by $WORKER_NAME in its commands' env."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(config: Path, name: str, queues: str, concurrency: int = 2) -> Any:
+        log = tmp_path / f"worker-{name}.log"
+        env = {**os.environ, "WORKER_NAME": name}
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [PY, "-m", "scheduler", "-v", "worker", "--config", str(config),
+                 "--queues", queues, "--concurrency", str(concurrency)],
+                cwd=config.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        started.append(proc)
+
+        def ready() -> bool:
+            """the worker says it is ready"""
+            assert proc.poll() is None, log.read_text()
+            return " ready." in log.read_text()
+
+        wait_for(ready)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in started:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def celery_site(root: Path, redis_url: str, workflow: str, settings: str = "") -> Path:
+    settings = (
+        f'max_workers = 8\nrefresh = "1h"\nshutdown_grace = "1s"\n'
+        f'[executor]\nkind = "celery"\nbroker = "{redis_url}"\n{settings}'
+    )
+    return make_site(root, {"w.toml": workflow}, settings) / "tomlflow.toml"
+
+
+def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "scheduler", *args, "--config", str(config)],
+        cwd=config.parent, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def rows(config: Path) -> list[Any]:
+    db = Database(f"sqlite:///{config.parent / 'tomlflow.db'}")
+    try:
+        with db.read() as conn:
+            return list(conn.execute(select(executions).order_by(executions.c.id)).all())
+    finally:
+        db.close()
+
+
+def logs(config: Path, execution_id: int) -> list[str]:
+    db = Database(f"sqlite:///{config.parent / 'tomlflow.db'}")
+    try:
+        with db.read() as conn:
+            query = select(execution_logs.c.line).where(
+                execution_logs.c.execution_id == execution_id
+            )
+            return list(conn.execute(query.order_by(execution_logs.c.seq)).scalars())
+    finally:
+        db.close()
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+# A command that notes where it ran (topic, attempt, worker) in the site's runs.txt.
+NOTE = "sh -c 'echo $TOMLFLOW_TOPIC:$TOMLFLOW_ATTEMPT:$WORKER_NAME >> runs.txt{rest}'"
+
+
+def test_a_dag_runs_across_two_workers_on_two_queues(
+    tmp_path: Path, redis_url: str, workers: Workers
+) -> None:
+    # Given phases a -> b -> c; a and b have queues of their own, c (no [workers] table) goes
+    # to `default`; worker w1 reads dag-a and default, worker w2 reads dag-b
+    workflow = "".join(
+        f'[[phase]]\ntask = "{t}"\n{rule}\ntemplate = "{NOTE.format(rest="; echo out-" + t)}"\n'
+        for t, rule in [
+            ("a", 'rule = "cron=0 0 1 1 *"'),
+            ("b", 'depends_on = "a"'),
+            ("c", 'depends_on = "b"'),
+        ]
+    )
+    settings = '[workers."a"]\nqueue = "dag-a"\n[workers."b"]\nqueue = "dag-b"\n'
+    config = celery_site(tmp_path, redis_url, workflow, settings)
+    workers(config, "w1", "dag-a,default")
+    workers(config, "w2", "dag-b")
+
+    # When a is triggered and the scheduler runs everything to the end
+    assert cli(config, "trigger", "a").returncode == 0
+    done = cli(config, "run", "--once")
+
+    # Then each phase ran once, on the worker of its queue, and its output is in the database
+    assert done.returncode == 0, done.stderr
+    assert lines(tmp_path / "runs.txt") == ["a:1:w1", "b:1:w2", "c:1:w1"]
+    found = rows(config)
+    assert [(r.task, r.status) for r in found] == [("a", "complete"), ("b", "complete"),
+                                                   ("c", "complete")]
+    assert "out-b" in logs(config, found[1].id)
+
+
+def test_a_worker_killed_mid_task_is_closed_as_lost_and_retried(
+    tmp_path: Path, redis_url: str, workers: Workers
+) -> None:
+    # Given a phase with one retry on queue `lost`, a 1 s heartbeat timeout and one worker
+    workflow = (
+        '[[phase]]\ntask = "slow"\nrule = "cron=0 0 1 1 *"\nretry = 1\n'
+        f'template = "{NOTE.format(rest="; sleep 2")}"\n'
+    )
+    settings = 'heartbeat_timeout = "1s"\n[workers."slow"]\nqueue = "lost"\n'
+    config = celery_site(tmp_path, redis_url, workflow, settings)
+    first = workers(config, "w1", "lost")
+    assert cli(config, "trigger", "slow").returncode == 0
+    scheduler = subprocess.Popen(
+        [PY, "-m", "scheduler", "run", "--once", "--config", str(config)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: lines(tmp_path / "runs.txt") == ["slow:1:w1"])
+
+        # When that worker is killed with -9 mid-task and another one takes its place
+        first.kill()
+        first.wait()
+        workers(config, "w2", "lost")
+        _out, err = scheduler.communicate(timeout=60)
+    finally:
+        if scheduler.poll() is None:
+            scheduler.kill()
+            scheduler.wait()
+
+    # Then the first attempt ends as a lost worker, the retry runs (once) on the new worker
+    assert scheduler.returncode == 0, err
+    first_row, retry = rows(config)
+    assert (first_row.status, first_row.msg) == ("error", "worker lost: no heartbeat for 1s")
+    assert (retry.attempt, retry.status) == (2, "complete")
+    assert lines(tmp_path / "runs.txt") == ["slow:1:w1", "slow:2:w2"]
+
+
+def _launch(execution_id: int, command: str, topic: str = "dup", **extra: Any) -> Any:
+    from scheduler.executors import Launch
+
+    return Launch(
+        execution_id=execution_id, task_id=f"t{execution_id}", topic=topic, job="", info="",
+        task_time=datetime(2024, 1, 2, tzinfo=UTC), attempt=1, meta={}, command=command,
+        **extra,
+    )
+
+
+@pytest.fixture
+def executor_for(redis_url: str) -> Iterator[Callable[[Path], Any]]:
+    """The scheduler's Celery executor, in this process, for a site's configuration."""
+    from scheduler.config import load_config
+    from scheduler.executors.celery import CeleryExecutor
+
+    made: list[CeleryExecutor] = []
+
+    def make(config: Path) -> CeleryExecutor:
+        executor = CeleryExecutor(load_config(str(config)), lambda: datetime.now(UTC))
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        executor.shutdown(0)
+
+
+def collect_one(executor: Any, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = executor.collect(deadline - time.monotonic())
+        if found:
+            assert len(found) == 1
+            return found[0]
+    raise AssertionError("no outcome")
+
+
+def test_a_message_delivered_twice_runs_the_command_once(
+    tmp_path: Path, redis_url: str, workers: Workers, executor_for: Callable[[Path], Any]
+) -> None:
+    # Given two workers on one queue and a launch whose command appends to a file
+    from scheduler.executors import backchannel as bc
+    from scheduler.executors.worker import make_app
+
+    settings = '[workers."dup"]\nqueue = "dup"\n'
+    config = celery_site(tmp_path, redis_url, "", settings)
+    workers(config, "w1", "dup")
+    second = workers(config, "w2", "dup")
+    executor = executor_for(config)
+    launch = _launch(7, f"sh -c 'echo run >> {tmp_path / 'runs.txt'}; sleep 0.5'")
+
+    # When it is submitted and the very same message (same task id) is sent again
+    executor.submit(launch)
+    payload = bc.launch_payload(launch, executor.namespace, "dup")
+    app = make_app(redis_url)
+    app.send_task(bc.TASK_NAME, args=[payload], queue="dup",
+                  task_id=bc.task_id(executor.namespace, 7, 1))
+    app.close()
+
+    # Then one outcome comes back, and the duplicate is dropped without running the command
+    outcome = collect_one(executor)
+    assert (outcome.execution_id, outcome.result.value) == (7, "complete")
+    log_of = [tmp_path / f"worker-{n}.log" for n in ("w1", "w2")]
+    wait_for(lambda: any("already claimed" in p.read_text() for p in log_of))
+    assert lines(tmp_path / "runs.txt") == ["run"]
+    assert second.poll() is None
+
+
+def test_timeout_and_cancel_reach_the_process_on_the_worker(
+    tmp_path: Path, redis_url: str, workers: Workers, executor_for: Callable[[Path], Any]
+) -> None:
+    # Given a worker and two long commands that note their pid
+    from datetime import timedelta
+
+    config = celery_site(tmp_path, redis_url, "", '[workers."stop"]\nqueue = "stop"\n')
+    workers(config, "w1", "stop")
+    executor = executor_for(config)
+    pids = tmp_path / "pids.txt"
+    sleeper = f"sh -c 'echo $$ >> {pids}; exec sleep 30'"
+
+    # When one has a 1 s timeout and the other is cancelled once it runs
+    executor.submit(_launch(1, sleeper, topic="stop", timeout=timedelta(seconds=1)))
+    executor.submit(_launch(2, sleeper, topic="stop"))
+    wait_for(lambda: len(lines(pids)) == 2)
+    executor.cancel(2, "cancelled by user")
+    outcomes = {o.execution_id: o for o in [collect_one(executor), collect_one(executor)]}
+
+    # Then both end as they should and neither process is left
+    assert (outcomes[1].result.value, outcomes[1].msg) == ("error", "timeout after 1s")
+    assert (outcomes[2].result.value, outcomes[2].msg) == ("cancelled", "cancelled by user")
+    for pid in map(int, lines(pids)):
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=5)
+
+
+def test_output_of_a_remote_execution_arrives_while_it_runs(
+    tmp_path: Path, redis_url: str, workers: Workers, executor_for: Callable[[Path], Any]
+) -> None:
+    # Given a worker and a command that prints a line, then waits for a file
+    config = celery_site(tmp_path, redis_url, "", '[workers."live"]\nqueue = "live"\n')
+    workers(config, "w1", "live")
+    executor = executor_for(config)
+    gate = tmp_path / "gate"
+    command = f"sh -c 'echo first; while [ ! -e {gate} ]; do sleep 0.05; done; echo second'"
+
+    # When it runs
+    executor.submit(_launch(3, command, topic="live"))
+    seen: list[str] = []
+
+    def first_line_live() -> bool:
+        """the first line handed out while the command still runs"""
+        seen.extend(x.line for x in executor.lines())
+        return "first" in seen
+
+    # Then its first line is handed out before it ends, and the rest comes with its outcome
+    wait_for(first_line_live, timeout=10)
+    gate.touch()
+    outcome = collect_one(executor)
+    assert outcome.result.value == "complete"
+    assert "second" in [x.line for x in outcome.logs]
+    assert "first" not in [x.line for x in outcome.logs]
