@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.exceptions import Reject
+from celery.signals import worker_ready
 
 from scheduler.clock import SystemClock
 from scheduler.config import ExecutorConfig
@@ -38,6 +40,7 @@ from scheduler.executors.inprocess import call_python
 
 log = logging.getLogger(__name__)
 
+READY = "tomlflow worker ready"
 BEAT_EVERY = 1.0  # seconds between heartbeats, output pushes and stop checks
 _BACKCHANNEL_RETRY = 1.0  # pause before handing a message back when Redis cannot be reached
 
@@ -174,14 +177,16 @@ class PhaseRunner:
         eid, attempt = int(payload["execution_id"]), int(payload["attempt"])
         started_at = self._clock.now()
         try:
+            # One round trip: the claim, and a stop request left while it waited in the queue.
+            # The first heartbeat comes from the monitor; until then the claim stands for it.
+            pipe = self._redis.pipeline(transaction=True)
             claim = bc.claim_json(self.name, started_at)
-            if not self._redis.set(keys.claim(eid, attempt), claim, nx=True, ex=bc.KEEP_SECONDS):
-                log.info("execution %d attempt %d already claimed: not run again", eid, attempt)
-                return "duplicate"
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.set(keys.beat(eid), 1, ex=bc.KEEP_SECONDS)
+            pipe.set(keys.claim(eid, attempt), claim, nx=True, ex=bc.KEEP_SECONDS)
             pipe.get(keys.cancel(eid))
-            _, reason = pipe.execute()
+            claimed, reason = pipe.execute()
+            if not claimed:
+                log.warning("execution %d attempt %d already claimed: not run again", eid, attempt)
+                return "duplicate"
         except redis.RedisError as exc:
             log.warning("backchannel unreachable, message handed back: %s", exc)
             time.sleep(_BACKCHANNEL_RETRY)
@@ -260,6 +265,8 @@ def serve(config: ExecutorConfig, queues: Sequence[str], concurrency: int, verbo
         "--without-mingle",
         "--without-heartbeat",
     ]
+    # Said at any log level: scripts and tests wait for this line.
+    worker_ready.connect(lambda **_: print(READY, file=sys.stderr, flush=True), weak=False)
     try:
         app.worker_main(argv)
     finally:

@@ -98,7 +98,7 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         env = {**os.environ, "WORKER_NAME": name}
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [PY, "-m", "scheduler", "-v", "worker", "--config", str(config),
+                [PY, "-m", "scheduler", "worker", "--config", str(config),
                  "--queues", queues, "--concurrency", str(concurrency)],
                 cwd=config.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
             )
@@ -107,7 +107,7 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         def ready() -> bool:
             """the worker says it is ready"""
             assert proc.poll() is None, log.read_text()
-            return " ready." in log.read_text()
+            return "tomlflow worker ready" in log.read_text()
 
         wait_for(ready)
         return proc
