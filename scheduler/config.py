@@ -88,12 +88,29 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     retention: timedelta | None = None
     ai: AIConfig = field(default_factory=AIConfig)
+    spool: Path | None = None  # execution receipts; None: the default beside the database
+    output_max_lines: int = 10_000  # stored output per execution: first half and last half
+    output_max_bytes: int = 10 * 1024 * 1024
+    output_max_line: int = 64 * 1024  # a longer line is cut with a marker
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     @property
     def workflow_root(self) -> Path:
         """The folder workflow files live in (a meta-file path is relative to its file's)."""
         return self.workflows if self.workflows.is_dir() else self.workflows.parent
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where execution receipts live: ``[scheduler] spool``, else ``<db file>.spool`` beside
+        a SQLite file database, else ``.tomlflow-spool`` in the config's folder (or here)."""
+        if self.spool is not None:
+            return self.spool
+        prefix = "sqlite:///"
+        rest = self.database[len(prefix) :] if self.database.startswith(prefix) else ""
+        if rest and not rest.startswith((":memory:", "file:")):
+            return Path(rest.split("?", 1)[0] + ".spool")
+        base = self.source.absolute().parent if self.source else Path.cwd()
+        return base / ".tomlflow-spool"
 
     def worker_for(self, topic: str, job: str) -> WorkerConfig | None:
         """The ``[workers."topic:job"]`` table if any, else ``[workers."topic"]``, else None."""
@@ -234,6 +251,10 @@ _SCHEDULER: dict[str, Callable[[_Reader, str, Any], Any]] = {
     "max_workers": _Reader.positive_int,
     "shutdown_grace": _Reader.duration,
     "watch": _Reader.path,
+    "spool": _Reader.path,
+    "output_max_lines": _Reader.positive_int,
+    "output_max_bytes": _Reader.positive_int,
+    "output_max_line": _Reader.positive_int,
 }
 
 

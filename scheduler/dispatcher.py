@@ -19,7 +19,7 @@ from typing import cast
 from scheduler import templates
 from scheduler.config import Config
 from scheduler.errors import ExecutorError
-from scheduler.executors import Launch, Reply, Result
+from scheduler.executors import Launch, Orphan, Reply, Result
 from scheduler.store.history import Execution
 from scheduler.validation import PhaseSpec
 
@@ -80,6 +80,20 @@ def build_launch(execution: Execution, spec: PhaseSpec, config: Config) -> Launc
         cwd=str(worker.cwd) if worker and worker.cwd else None,
         env=dict(worker.env) if worker else {},
         timeout=spec.rule.timeout or (worker.timeout if worker else None),
+    )
+
+
+def orphan_of(execution: Execution, spec: PhaseSpec | None, config: Config) -> Orphan:
+    """What recovery needs of an execution a stopped scheduler left running: whether a Python
+    worker ran it (inside that scheduler) and the timeout it still has."""
+    worker = config.worker_for(execution.topic, execution.job)
+    rule_timeout = spec.rule.timeout if spec and spec.rule else None
+    return Orphan(
+        execution_id=execution.id,
+        pid=execution.pid,
+        started_at=execution.started_at,
+        timeout=rule_timeout or (worker.timeout if worker else None),
+        in_process=bool(worker and worker.python),
     )
 
 

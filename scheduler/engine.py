@@ -34,8 +34,8 @@ from scheduler.catalog import Catalog
 from scheduler.clock import Clock
 from scheduler.config import Config
 from scheduler.errors import TomlflowError
-from scheduler.executors import Executor, Launch, Outcome, Result, kill_orphan
-from scheduler.followup import FollowUp, after_end, resume_row
+from scheduler.executors import Executor, Launch, LogLine, Outcome
+from scheduler.followup import FollowUp, after_end
 from scheduler.retry import draw_jitter
 from scheduler.store import file_reports, history, lease, retention, watched
 from scheduler.store.db import Database
@@ -47,7 +47,6 @@ from scheduler.watcher import FolderWatcher, Poll
 log = logging.getLogger(__name__)
 
 PhaseKey = tuple[str, str]
-ORPHANED = "scheduler stopped during execution"
 IDLE_POLL = timedelta(seconds=1)  # how often an idle daemon looks for rows queued by others
 PRUNE_EVERY = timedelta(days=1)
 WATCH_EVERY = timedelta(seconds=2)  # a scan of a few thousand files costs ~20 ms
@@ -137,6 +136,7 @@ class Engine:
         report = TickReport()
         outcomes, self._early = self._early + self.executor.collect(0), []
         started = self.executor.started()
+        live = self.executor.lines()  # after collect: an ended execution's rest is its outcome's
         found = self._watch(snapshot, now)  # disk scan: outside the transaction
         with self.db.write() as conn:
             if self._heartbeat is not None and now - self._heartbeat >= lease.HEARTBEAT_EVERY:
@@ -148,8 +148,10 @@ class Engine:
             if found is not None:
                 self._record_watched(conn, found, now)
             claimed = self._record(conn, snapshot, outcomes, started, now, report)
+            history.insert_logs(conn, [_log_row(x) for x in live])
             launches = self._launch(conn, snapshot, claimed, now, report)
             launches += self._claim(conn, snapshot, now, report)
+        self.executor.release(o.execution_id for o in outcomes)  # only now that they are stored
         if found is not None and self.watcher is not None:
             self.watcher.advance(found.poll)  # only now that its diff is stored
         for launch in launches:
@@ -269,7 +271,7 @@ class Engine:
                 continue
             finish, released = self._end(execution, outcome, snapshot, now)
             finishes.append(finish)
-            logs.extend(LogRow(x.execution_id, x.seq, x.ts, x.stream, x.line) for x in outcome.logs)
+            logs.extend(_log_row(x) for x in outcome.logs)
             follow.rows.extend(released.rows)
             follow.alerts.extend(released.alerts)
             report.statuses[finish.status.value] += 1
@@ -444,16 +446,17 @@ class Engine:
             self.clock.sleep(seconds)
 
     def start(self) -> None:
-        """Take the lease (raises LeaseHeld) and close what a stopped scheduler left running."""
+        """Take the lease (raises LeaseHeld) and settle what a stopped scheduler left running."""
         now = self.clock.now()
         snapshot = self._refresh_if_due(now)
         with self.db.write() as conn:
             replaced = lease.acquire(conn, now)
             if replaced is not None:
                 log.warning("took over the lease of pid %d on %s", replaced.pid, replaced.host)
-            local = replaced is None or replaced.host == socket.gethostname()
-            self._recover(conn, snapshot, now, kill=local)
+            orphans = history.running_executions(conn)
         self._heartbeat = now
+        local = replaced is None or replaced.host == socket.gethostname()
+        self._recover(snapshot, orphans, local)
 
     def stop(self) -> None:
         """Let an alert post in flight finish, and give the lease up."""
@@ -463,36 +466,34 @@ class Engine:
                 lease.release(conn)
             self._heartbeat = None
 
-    def _recover(self, conn: Connection, snapshot: Snapshot, now: datetime, kill: bool) -> None:
-        """Executions left ``running`` by a stopped scheduler end as errors; retries apply."""
-        orphans = history.running_executions(conn)
-        finishes, follow = [], FollowUp()
-        for execution in orphans:
-            if kill and execution.pid and kill_orphan(execution.pid, execution.id):
-                log.warning(
-                    "killed orphaned process group %d of execution %d", execution.pid, execution.id
-                )
-            started = execution.started_at or now
-            finishes.append(Finish(execution.id, Status.ERROR, ORPHANED, None, started, now))
-            key = (execution.file_path, execution.task)
-            released = after_end(
-                execution,
-                Status.ERROR,
-                ORPHANED,
-                {},
-                snapshot.specs.get(key),
-                snapshot.children.get(key, []),
-                now,
-                draw_jitter(self.rng),
-                self.workflows,
-            )
-            follow.rows.extend(released.rows)
-            follow.alerts.extend(released.alerts)
-        history.record_finishes(conn, finishes)
-        history.insert_executions(conn, follow.rows, now)
-        history.insert_alerts(conn, follow.alerts, now)
+    def _recover(self, snapshot: Snapshot, orphans: list[Execution], local: bool) -> None:
+        """Settle executions a stopped scheduler left ``running``, from what the executor kept.
+
+        Ends known now (finished while no scheduler ran, or unknowable) are recorded by the next
+        tick exactly as a live end is, releasing children, retries and alerts; adopted ones end
+        through the executor later; those that never started are queued again as they were.
+        """
+        found = [
+            dispatcher.orphan_of(e, snapshot.specs.get((e.file_path, e.task)), self.config)
+            for e in orphans
+        ]
+        recovery = self.executor.recover(found, local)
+        by_id = {e.id: e for e in orphans}
+        for eid in [*recovery.adopted, *(o.execution_id for o in recovery.outcomes)]:
+            self._running[eid] = by_id[eid]
+        self._early.extend(recovery.outcomes)
+        with self.db.write() as conn:
+            history.delete_logs(conn, recovery.reparsed)  # the spool's full parse replaces them
+            history.requeue(conn, recovery.unstarted)
+        self.executor.release(recovery.unstarted)
+        self._maybe_ready = self._maybe_ready or bool(recovery.unstarted)
         if orphans:
-            log.warning("closed %d executions left running by a stopped scheduler", len(orphans))
+            log.warning(
+                "left running by a stopped scheduler: %d ended, %d adopted, %d never started",
+                len(recovery.outcomes),
+                len(recovery.adopted),
+                len(recovery.unstarted),
+            )
 
     def run_forever(
         self, stop: threading.Event, on_tick: Callable[[TickReport], None] | None = None
@@ -560,22 +561,15 @@ class Engine:
 
     def shutdown(self) -> None:
         """Give running executions the grace period, then record them cancelled; each cancelled
-        one is queued again, so the next scheduler to run picks it up."""
+        one is queued again as it was (``followup``), so the next scheduler runs it."""
         grace = self.config.shutdown_grace.total_seconds()
-        running = dict(self._running)
         outcomes, self._early = self._early + self.executor.shutdown(grace), []
         if not outcomes or self._snapshot is None:
             return
-        now = self.clock.now()
-        resumed = [
-            resume_row(running[o.execution_id], now)
-            for o in outcomes
-            if o.result is Result.CANCELLED and o.execution_id in running
-        ]
         self._backlog = True  # nothing may start now: released rows stay queued
         with self.db.write() as conn:
-            self._record(conn, self._snapshot, outcomes, [], now, TickReport())
-            history.insert_executions(conn, resumed, now)
+            self._record(conn, self._snapshot, outcomes, [], self.clock.now(), TickReport())
+        self.executor.release(o.execution_id for o in outcomes)
 
 
 def _needs_planning(
@@ -608,6 +602,10 @@ def _error_row(spec: PhaseSpec, now: datetime, msg: str) -> NewExecution:
     )
 
 
+def _log_row(line: LogLine) -> LogRow:
+    return LogRow(line.execution_id, line.seq, line.ts, line.stream, line.line)
+
+
 def _add(total: TickReport, report: TickReport) -> None:
     total.fired += report.fired
     total.finished += report.finished
@@ -616,4 +614,4 @@ def _add(total: TickReport, report: TickReport) -> None:
     total.statuses.update(report.statuses)
 
 
-__all__ = ["Engine", "Result", "TickReport"]
+__all__ = ["Engine", "TickReport"]

@@ -5,6 +5,9 @@
 - ``error``: another attempt while ``retry`` allows, not before ``retry_delay`` (with backoff
   and jitter); after the last one, a ``failed`` alert unless the rule says ``no_alert``.
 - ``alert``: an alert at once, no retry. ``warn``: done, but no children (as flowlord).
+- ``cancelled`` (a shutdown stopped it, not a user): the same execution is queued again as it
+  was, same trigger and attempt, so it uses up none of the phase's ``retry``. A user's cancel
+  (msg ``cancelled by user``) releases nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from scheduler.executors.base import USER_CANCEL
 from scheduler.planner import base_meta, new_rows
 from scheduler.retry import retry_delay
 from scheduler.store.history import Execution, NewAlert, NewExecution, Status, Trigger
@@ -56,6 +60,8 @@ def after_end(
         return FollowUp(alerts=[_alert(execution, "failed", msg)])
     if status is Status.ALERT:
         return FollowUp(alerts=[_alert(execution, "alert", msg)])
+    if status is Status.CANCELLED and msg != USER_CANCEL:
+        return FollowUp(rows=[resume_row(execution, now)])
     return FollowUp()
 
 
@@ -125,8 +131,9 @@ def retry_row(execution: Execution, spec: PhaseSpec, now: datetime, jitter: floa
 
 
 def resume_row(execution: Execution, now: datetime) -> NewExecution:
-    """A fresh attempt of an execution a shutdown cancelled: it runs when a scheduler next does."""
-    return execution.again(now)
+    """The execution a shutdown cancelled, queued again as what it was: same trigger, attempt,
+    chain, task time, meta and parent; no cron fire key (the cancelled row keeps it)."""
+    return execution.again(now, attempt=execution.attempt, trigger=execution.trigger)
 
 
 def _alert(execution: Execution, kind: str, msg: str) -> NewAlert:

@@ -11,7 +11,7 @@ import pytest
 from scheduler.cli import main
 from scheduler.config import load_config
 from scheduler.errors import ConfigError
-from scheduler.executors import Launch, LogLine, Outcome, Result
+from scheduler.executors import Caps, Launch, LogLine, Outcome, Result
 from scheduler.executors import backchannel as bc
 from scheduler.executors.celery import queue_for
 
@@ -128,8 +128,9 @@ def test_a_launch_survives_the_wire() -> None:
         command=["etl", "x y"], shell=False, cwd="/srv", env={"A": "1"},
         timeout=timedelta(seconds=90),
     )
-    payload = json.loads(json.dumps(bc.launch_payload(launch, "ns", "etl")))
+    payload = json.loads(json.dumps(bc.launch_payload(launch, "ns", "etl", Caps(5, 6, 7))))
     assert bc.launch_of(payload) == launch
+    assert (payload["queue"], payload["caps"]) == ("etl", [5, 6, 7])
 
 
 def test_an_outcome_and_its_lines_survive_the_wire() -> None:

@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from scheduler.engine import ORPHANED
 from scheduler.store.db import Database
-from scheduler.store.schema import executions, scheduler_lease, workflow_phases
+from scheduler.store.schema import execution_logs, executions, scheduler_lease, workflow_phases
 from tests.conftest import make_site
 
 PY = sys.executable
@@ -30,6 +29,12 @@ task = "sleeper"
 rule = "cron=0 0 1 1 *"
 retry = 1
 template = "{PY} -c 'import time; time.sleep(60)'"
+
+[[phase]]
+task = "waiter"
+rule = "cron=0 0 1 1 *"
+retry = 1
+template = "sh -c 'echo waiting; while [ ! -e go ]; do sleep 0.05; done; echo done'"
 """
 
 
@@ -91,9 +96,23 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_kill_9_then_restart_recovers_without_running_twice(site: Path, daemons) -> None:
-    # Given a queued run of a phase that sleeps, picked up by a daemon
-    assert cli(site, "trigger", "sleeper").returncode == 0
+def logs(site: Path, execution_id: int) -> list[str]:
+    db = Database(f"sqlite:///{site / 'tomlflow.db'}")
+    try:
+        with db.read() as conn:
+            query = (
+                select(execution_logs.c.line)
+                .where(execution_logs.c.execution_id == execution_id)
+                .order_by(execution_logs.c.seq)
+            )
+            return list(conn.execute(query).scalars())
+    finally:
+        db.close()
+
+
+def test_kill_9_then_restart_adopts_the_running_command(site: Path, daemons) -> None:
+    # Given a queued run of a phase that waits for a file, picked up by a daemon
+    assert cli(site, "trigger", "waiter").returncode == 0
     first = daemons()
 
     def first_running() -> Any:
@@ -103,24 +122,27 @@ def test_kill_9_then_restart_recovers_without_running_twice(site: Path, daemons)
 
     orphan = wait_for(first_running)
 
-    # When the daemon is killed with -9, its command keeps running (an orphan)
+    # When the daemon is killed with -9, its command keeps running
     first.kill()
     first.wait()
     assert alive(orphan.pid)
 
-    # Then a restarted daemon closes the execution as an error, kills the orphan, and retries once
+    # Then a restarted daemon adopts it: nothing is closed, killed or run again ...
     daemons()
+    wait_for(lambda: logs(site, 1) == ["waiting"])
+    assert [(r.id, r.status) for r in rows(site)] == [(1, "running")]
+    assert alive(orphan.pid)
 
-    def recovered() -> Any:
-        """execution 1 closed and its retry running"""
-        found = rows(site)
-        return len(found) == 2 and found[0].status == "error" and found[1].status == "running"
+    # ... and when the command completes, its true result and output are recorded once
+    (site / "go").touch()
 
-    wait_for(recovered)
-    first_row, retry = rows(site)
-    assert first_row.msg == ORPHANED
-    assert (retry.attempt, retry.trigger, retry.task_id) == (2, "retry", first_row.task_id)
-    wait_for(lambda: not alive(orphan.pid), timeout=5)
+    def completed() -> Any:
+        """execution 1 complete"""
+        return rows(site)[0].status == "complete"
+
+    wait_for(completed)
+    assert [(r.id, r.status, r.exit_code, r.msg) for r in rows(site)] == [(1, "complete", 0, "")]
+    assert logs(site, 1) == ["waiting", "done"]
 
 
 def test_second_scheduler_is_refused_while_the_first_runs(site: Path, daemons) -> None:
@@ -157,7 +179,7 @@ def test_sigterm_cancels_running_execution_and_queues_it_again(site: Path, daemo
     assert daemon.wait(timeout=15) == 0
     cancelled, again = rows(site)
     assert cancelled.status == "cancelled"
-    assert (again.status, again.attempt) == ("queued", 2)
+    assert (again.status, again.attempt, again.trigger) == ("queued", 1, "manual")
     assert not alive(cancelled.pid) if cancelled.pid else True
 
 

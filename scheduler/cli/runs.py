@@ -58,7 +58,7 @@ def _engine(app: App) -> Iterator[Engine]:
 
         executor: Executor = CeleryExecutor(app.config, clock.now)
     else:
-        executor = LocalExecutor(app.config.max_workers, clock.now)
+        executor = LocalExecutor.for_config(app.config, clock.now)
     yield Engine(app.config, app.db, executor, clock)
 
 

@@ -40,14 +40,12 @@ def worker(
     ctx: click.Context, config_path: str | None, queues: list[str], concurrency: int | None
 ) -> int:
     """Run phases sent by the scheduler, as a Celery worker (until Ctrl-C)."""
-    config = load_config(config_path).executor
+    config = load_config(config_path)
     from scheduler.executors import worker as celery_worker  # loads Celery: only when used
 
     slots = concurrency or os.cpu_count() or 2
-    click.echo(
-        f"worker: queues {', '.join(queues)}, {slots} at once, broker {redact(config.broker)}",
-        err=True,
-    )
+    broker = redact(config.executor.broker)
+    click.echo(f"worker: queues {', '.join(queues)}, {slots} at once, broker {broker}", err=True)
     verbose = ctx.find_root().params.get("verbose", 0)
     return celery_worker.serve(config, queues, slots, verbose)
 

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from scheduler.executors.base import Launch, LogLine, Outcome, Result
+from scheduler.executors.output import Caps
 
 TASK_NAME = "tomlflow.run_phase"
 DEFAULT_QUEUE = "default"
@@ -105,8 +106,11 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def launch_payload(launch: Launch, namespace: str, queue: str, python: str = "") -> dict[str, Any]:
-    """A JSON-serialisable form of ``launch``; ``python`` names a Python worker to import."""
+def launch_payload(
+    launch: Launch, namespace: str, queue: str, caps: Caps, python: str = ""
+) -> dict[str, Any]:
+    """A JSON-serialisable form of ``launch``; ``caps`` are the scheduler's output caps, which
+    the worker applies; ``python`` names a Python worker the worker imports and calls."""
     return {
         "ns": namespace,
         "queue": queue,
@@ -124,6 +128,7 @@ def launch_payload(launch: Launch, namespace: str, queue: str, python: str = "")
         "env": dict(launch.env),
         "timeout": launch.timeout.total_seconds() if launch.timeout is not None else None,
         "python": python,
+        "caps": [caps.lines, caps.bytes, caps.line],
     }
 
 

@@ -11,7 +11,7 @@ measured on the monotonic clock, so a frozen test clock never stalls a timeout.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -26,6 +26,10 @@ class Result(StrEnum):
     WARN = "warn"
     ALERT = "alert"
     CANCELLED = "cancelled"
+
+
+USER_CANCEL = "cancelled by user"
+"""The msg of an execution a user cancelled: unlike a shutdown's cancel, nothing follows it."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,39 @@ class Outcome:
     pid: int | None
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """An execution the database says is running, as recovery needs it.
+
+    ``in_process``: a Python callable ran it inside the scheduler (it cannot have outlived
+    it). ``timeout`` is still enforced on an adopted one, measured from ``started_at``.
+    """
+
+    execution_id: int
+    pid: int | None
+    started_at: datetime | None
+    timeout: timedelta | None = None
+    in_process: bool = False
+
+
+@dataclass
+class Recovery:
+    """What ``Executor.recover`` found, per orphan.
+
+    - ``outcomes``: ends known now: finished while no scheduler ran (the true result from its
+      receipt), stopped by a scheduler that then died, or unknowable (an ERROR saying so);
+    - ``adopted``: still running; waited for and reported through ``collect``;
+    - ``unstarted``: provably never started (no process was ever spawned): queue them again;
+    - ``reparsed``: ids whose output the spool holds in full: logs stored live for them are
+      to be replaced by the lines this executor now hands out (outcome or ``lines``).
+    """
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    adopted: list[int] = field(default_factory=list)
+    unstarted: list[int] = field(default_factory=list)
+    reparsed: list[int] = field(default_factory=list)
+
+
 Clock = Callable[[], datetime]
 Started = tuple[int, int | None, datetime]
 
@@ -130,9 +167,31 @@ class Executor(Protocol):
         Returns every outcome not collected before, including the cancelled ones.
         """
 
+    def lines(self) -> list[LogLine]:
+        """Return and forget the output lines of running executions that became final since the
+        last call (live logs). An execution's remaining lines come with its ``Outcome``; every
+        line is handed out exactly once, by one or the other, with increasing ``seq``.
+        """
+
+    def recover(self, orphans: Sequence[Orphan], local: bool) -> Recovery:
+        """Settle executions the database says are running that no executor of this process
+        started (a scheduler died). ``local``: they were started on this machine.
+
+        Each orphan lands in exactly one list of the ``Recovery``. Adopted ones count in
+        ``running()`` and report through ``collect`` like any launch. Receipts of executions
+        that are not orphans are deleted.
+        """
+
+    def release(self, execution_ids: Iterable[int]) -> None:
+        """Forget what is kept of these executions' outcomes (their spool receipts).
+
+        The engine calls it only after the transaction recording those outcomes committed, so
+        a crash before that leaves the receipts for ``recover``.
+        """
+
 
 def make_outcome(
-    launch: Launch,
+    execution_id: int,
     result: Result,
     msg: str,
     started_at: datetime,
@@ -143,9 +202,9 @@ def make_outcome(
     logs: tuple[LogLine, ...] = (),
     pid: int | None = None,
 ) -> Outcome:
-    """An ``Outcome`` of ``launch``; ``meta`` is copied."""
+    """An ``Outcome`` of ``execution_id``; ``meta`` is copied."""
     return Outcome(
-        execution_id=launch.execution_id,
+        execution_id=execution_id,
         result=result,
         msg=msg,
         exit_code=exit_code,

@@ -70,6 +70,15 @@ class Board(Generic[S]):
                     return None
                 self._work.wait()
 
+    def activate(self, execution_id: int, state: S) -> None:
+        """Mark active an execution that did not come through the FIFO (an adopted one)."""
+        with self._lock:
+            if self._closed:
+                raise ExecutorError(f"executor is shut down; cannot adopt execution {execution_id}")
+            self._active[execution_id] = state
+            self._activations += 1
+            self._finished.notify_all()
+
     def withdraw(self, execution_id: int) -> Launch | None:
         """Remove a launch that has not started yet; ``None`` when it is not waiting."""
         with self._lock:

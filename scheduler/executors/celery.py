@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,7 +29,17 @@ from scheduler.config import Config
 from scheduler.durations import format_duration
 from scheduler.errors import ExecutorError
 from scheduler.executors import backchannel as bc
-from scheduler.executors.base import Clock, Launch, LogLine, Outcome, Result, Started
+from scheduler.executors.base import (
+    Clock,
+    Launch,
+    LogLine,
+    Orphan,
+    Outcome,
+    Recovery,
+    Result,
+    Started,
+)
+from scheduler.executors.output import Caps
 from scheduler.executors.worker import make_app
 
 log = logging.getLogger(__name__)
@@ -87,6 +97,7 @@ class CeleryExecutor:
         self._namespace = namespace or settings.namespace or bc.namespace_for(config.database)
         self._keys = bc.Keys(self._namespace)
         self._timeout = settings.heartbeat_timeout
+        self._caps = Caps(config.output_max_lines, config.output_max_bytes, config.output_max_line)
         self._sweep = sweep
         self._broker = bc.redact(settings.broker)
         self._redis = redis.Redis.from_url(settings.backchannel_url)
@@ -116,7 +127,7 @@ class CeleryExecutor:
         eid = launch.execution_id
         queue = queue_for(self._config, launch.topic, launch.job)
         python = python_target(self._config, launch.topic, launch.job)
-        payload = bc.launch_payload(launch, self._namespace, queue, python)
+        payload = bc.launch_payload(launch, self._namespace, queue, self._caps, python)
         with self._lock:
             if self._closed.is_set():
                 raise ExecutorError(f"executor is shut down; cannot run execution {eid}")
@@ -190,11 +201,66 @@ class CeleryExecutor:
         self._redis.close()
         return outcomes
 
-    def release(self, execution_ids: Sequence[int]) -> None:
-        """Delete what Redis keeps of executions whose outcomes are recorded (claims stay)."""
+    def release(self, execution_ids: Iterable[int]) -> None:
+        """Delete what Redis keeps of executions whose outcomes are recorded. Claims and stop
+        requests stay until they expire: a late redelivery must still meet the claim, and a
+        worker that was only frozen must still find its stop request."""
         keys = [key for eid in execution_ids for key in self._keys.per_execution(eid)]
         if keys:
             self._redis.delete(*keys)
+
+    def recover(self, orphans: Sequence[Orphan], local: bool) -> Recovery:
+        """Settle what a stopped scheduler left running, from what Redis holds of each:
+
+        - an outcome: it ended while no scheduler listened; recorded as it ended;
+        - no payload: it was never sent, so nothing can have run it: queued again;
+        - a payload but no claim: it waits in a queue, or its message was lost; sent again
+          (same task id; the claim makes a second delivery harmless) and adopted;
+        - a claim: adopted; followed by its heartbeat like any other.
+        ``local`` does not matter here: workers are elsewhere either way.
+        """
+        recovery = Recovery()
+        if not orphans:
+            return recovery
+        pipe = self._redis.pipeline(transaction=False)
+        for orphan in orphans:
+            pipe.get(self._keys.sent(orphan.execution_id))
+            pipe.get(self._keys.outcome(orphan.execution_id))
+        replies = pipe.execute()
+        for i, orphan in enumerate(orphans):
+            self._settle(orphan.execution_id, replies[2 * i], replies[2 * i + 1], recovery)
+        return recovery
+
+    def _settle(
+        self, eid: int, sent: bytes | None, ended: bytes | None, recovery: Recovery
+    ) -> None:
+        if ended is not None:
+            batches = self._redis.lrange(self._keys.logs(eid), 0, -1)
+            outcome = bc.outcome_of(ended).outcome
+            recovery.outcomes.append(replace(outcome, logs=tuple(bc.lines_of(eid, batches))))
+            recovery.reparsed.append(eid)
+            return
+        if sent is None:
+            recovery.unstarted.append(eid)
+            return
+        payload = json.loads(sent)
+        attempt = int(payload["attempt"])
+        claim = self._redis.get(self._keys.claim(eid, attempt))
+        cancelled = bc.claim_of(claim)[2] if claim is not None else ""
+        if cancelled:  # cancelled before any worker took it; the end was not recorded
+            at = self._now()
+            recovery.outcomes.append(
+                Outcome(eid, Result.CANCELLED, cancelled, None, {}, at, at, (), None)
+            )
+            return
+        with self._lock:
+            self._flights[eid] = _Flight(attempt)
+            if claim is None:
+                self._outbox.append(payload)
+                self._changed.notify_all()
+        recovery.adopted.append(eid)
+        recovery.reparsed.append(eid)
+        log.info("adopted execution %d (%s)", eid, "claimed" if claim else "sent again")
 
     # -- sending ------------------------------------------------------------------------------
 

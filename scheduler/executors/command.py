@@ -1,8 +1,23 @@
-"""Running ONE command: its process group, timeout, output capture and cap, ``__WF_EVENT__``
-lines, the result rules, and killing it.
+"""Running ONE command: its supervisor, timeout, output capture and caps, ``__WF_EVENT__`` lines,
+the result rules, and killing it.
 
-The local executor calls this on its worker threads; anything else that runs a phase's command
-(a remote worker) calls the same code rather than a copy of it.
+Every command is started through a tiny POSIX ``/bin/sh`` supervisor (no Python interpreter per
+execution), the leader of a new session and process group. The supervisor appends the command's
+stdout and stderr to the spool files, writes its own pid first and the command's exit status
+last, and traps TERM/INT/HUP with a handler (reset on exec, so the command still gets the
+default action) so that a signal to the group ends the command and the receipt is still
+written. Paths and argv are positional parameters, never interpolated into the script. With
+``shell`` the line runs as ``( eval "$cmd" )``, so a user's ``exit`` cannot skip the receipt.
+
+The scheduler learns of the end through a pidfd on the supervisor, reads the output files while
+the command runs and at its end, and reads the exit status from the receipt. The same code follows
+an adopted supervisor a previous scheduler started (``follow_adopted``) and parses the receipts
+of one that ended while no scheduler ran (``replay``). The local executor calls this on its
+worker threads; anything else that runs a phase's command calls it too, not a copy of it.
+
+Exit statuses: the shell reports a command killed by signal N as 128+N, and so do we (as
+``-N``, "killed by signal N") whenever the status is 128+N for a real signal number. A command
+that itself exits with such a status (``exit 130``) reads the same way: the receipt cannot tell.
 """
 
 from __future__ import annotations
@@ -12,140 +27,43 @@ import json
 import os
 import selectors
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import IO
 
 from scheduler.durations import format_duration
-from scheduler.executors.base import Clock, Launch, LogLine, Outcome, Result, make_outcome
+from scheduler.executors.base import Clock, Launch, Orphan, Outcome, Result, make_outcome
+from scheduler.executors.output import STREAMS, Caps, Output
+from scheduler.executors.spool import SPOOL_VAR, Spool
 
-EVENT_PREFIX = "__WF_EVENT__:"
-"""A child's output line starting with this carries a JSON object: ``result``, ``msg``, ``meta``."""
-
-DEFAULT_LOG_CAP = 10_000
 DEFAULT_KILL_GRACE = 2.0
-_READ_SIZE = 65536
-# A line longer than this is cut into pieces so one runaway line cannot exhaust memory.
-_MAX_LINE_BYTES = 1 << 20
-# After the command's main process exits we wait this long for its pipes to close; whatever still
-# holds them (a background grandchild) is then killed so the execution can end.
-_EXIT_DRAIN = 0.5
+# How often a running command's output files are read (live logs are at most this much later).
+READ_EVERY = 0.25
 # Without pidfd we learn of the exit by polling this often.
 _POLL_INTERVAL = 0.05
+_READ_SIZE = 1 << 16
+_SIGNALS = range(1, signal.NSIG)
 
-_EVENT_RESULTS = frozenset({Result.COMPLETE, Result.ERROR, Result.WARN, Result.ALERT})
+SUPERVISOR_NAME = "tomlflow-supervisor"
+SUPERVISOR = """trap : TERM INT HUP
+p=$1; m=$2; shift 2
+echo $$ >"$p.pid"
+if [ "$m" = shell ]; then ( eval "$1" ); else "$@"; fi
+echo $? >"$p.rc"
+"""
+"""``sh -c SUPERVISOR tomlflow-supervisor PREFIX MODE ARGV...``; MODE ``shell`` or ``exec``."""
 
-
-class _Output:
-    """Turns a child's output bytes into capped LogLines and applies ``__WF_EVENT__`` lines.
-
-    Events are honoured even after the cap, so a chatty command still reports its result.
-    The last non-empty, non-event stderr line is kept for the error message.
-    """
-
-    def __init__(self, execution_id: int, cap: int, now: Clock) -> None:
-        self._execution_id = execution_id
-        self._cap = cap
-        self._now = now
-        self._partial: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-        self._lines: list[LogLine] = []
-        self._kept = 0
-        self._truncated = False
-        self.result: Result | None = None
-        self.msg: str | None = None
-        self.meta: dict[str, str] = {}
-        self.last_stderr = ""
-
-    @property
-    def logs(self) -> tuple[LogLine, ...]:
-        return tuple(self._lines)
-
-    def feed(self, stream: str, chunk: bytes) -> None:
-        buf = self._partial[stream]
-        buf += chunk
-        if b"\n" in chunk:
-            *lines, rest = buf.split(b"\n")
-            buf[:] = rest
-            for raw in lines:
-                self._line(stream, raw)
-        while len(buf) > _MAX_LINE_BYTES:
-            self._line(stream, bytes(buf[:_MAX_LINE_BYTES]))
-            del buf[:_MAX_LINE_BYTES]
-
-    def close(self, stream: str) -> None:
-        """The stream reached EOF: a last line without a newline still counts."""
-        buf = self._partial[stream]
-        if buf:
-            self._line(stream, bytes(buf))
-            buf.clear()
-
-    def system(self, text: str) -> None:
-        """Record a note of ours; never subject to the cap."""
-        self._append("system", text)
-
-    def _line(self, stream: str, raw: bytes | bytearray) -> None:
-        text = raw.decode("utf-8", errors="replace").removesuffix("\r")
-        if text.startswith(EVENT_PREFIX):
-            self._keep(stream, text)
-            problem = self._event(text[len(EVENT_PREFIX) :])
-            if problem:
-                self._keep("system", f"ignored {EVENT_PREFIX} line: {problem}")
-            return
-        if stream == "stderr" and text.strip():
-            self.last_stderr = text.strip()
-        self._keep(stream, text)
-
-    def _keep(self, stream: str, text: str) -> None:
-        if self._kept < self._cap:
-            self._kept += 1
-            self._append(stream, text)
-        elif not self._truncated:
-            self._truncated = True
-            self.system(f"... output truncated after {self._cap} lines")
-
-    def _append(self, stream: str, text: str) -> None:
-        seq = len(self._lines) + 1
-        self._lines.append(LogLine(self._execution_id, seq, self._now(), stream, text))
-
-    def _event(self, payload: str) -> str | None:
-        """Apply one event; return what was wrong with it, or None."""
-        try:
-            event = json.loads(payload)
-        except ValueError as exc:
-            return f"invalid JSON ({exc})"
-        if not isinstance(event, dict):
-            return "not a JSON object"
-        problems = [p for p in (self._event_result(event), self._event_meta(event)) if p]
-        if "msg" in event:
-            msg = event["msg"]
-            self.msg = msg if isinstance(msg, str) else json.dumps(msg)
-        return "; ".join(problems) or None
-
-    def _event_result(self, event: dict[str, object]) -> str | None:
-        if "result" not in event:
-            return None
-        value = event["result"]
-        if value not in _EVENT_RESULTS:
-            return f"unknown result {value!r}"
-        self.result = Result(str(value))
-        return None
-
-    def _event_meta(self, event: dict[str, object]) -> str | None:
-        if "meta" not in event:
-            return None
-        meta = event["meta"]
-        if not isinstance(meta, dict):
-            return "meta is not an object"
-        for key, value in meta.items():
-            self.meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-        return None
+UNKNOWN_EXIT = "outcome unknown: the process ended without leaving an exit status"
+UNKNOWN_DEAD = (
+    "outcome unknown: the process ended while no scheduler was running and left no exit status"
+)
 
 
-class _StartFailure(Exception):
+class StartFailure(Exception):
     """The launch cannot become a process; ``msg`` is the outcome message."""
 
     def __init__(self, msg: str) -> None:
@@ -153,27 +71,49 @@ class _StartFailure(Exception):
         self.msg = msg
 
 
-def _popen_args(launch: Launch) -> tuple[list[str] | str, str]:
-    """Return what to hand Popen and the program name used in messages."""
+# -- starting ------------------------------------------------------------------------------------
+
+
+def supervisor_args(launch: Launch, env: dict[str, str]) -> list[str]:
+    """MODE and ARGV for the supervisor; raises StartFailure for what cannot start at all."""
     command = launch.command
+    if launch.cwd is not None and not os.path.isdir(launch.cwd):
+        raise StartFailure(f"bad working directory {launch.cwd}: No such file or directory")
     if launch.shell:
         text = command if isinstance(command, str) else shlex.join(command)
         if not text.strip():
-            raise _StartFailure("empty command")
-        return text, text.split()[0]
+            raise StartFailure("empty command")
+        return ["shell", text]
     if isinstance(command, str):
         try:
             command = shlex.split(command)
         except ValueError as exc:
-            raise _StartFailure(f"cannot split command: {exc}") from exc
+            raise StartFailure(f"cannot split command: {exc}") from exc
     argv = list(command)
     if not argv or not argv[0]:
-        raise _StartFailure("empty command")
-    return argv, argv[0]
+        raise StartFailure("empty command")
+    _check_program(argv[0], env, launch.cwd)
+    return ["exec", *argv]
 
 
-def launch_env(launch: Launch) -> dict[str, str]:
-    """The child's environment: ours, then ``launch.env``, then the TOMLFLOW_* variables."""
+def _check_program(program: str, env: dict[str, str], cwd: str | None) -> None:
+    """What exec would refuse, said before a process exists (the supervisor can't say it)."""
+    if "/" in program:
+        path = os.path.join(cwd or os.getcwd(), program)
+        if not os.path.exists(path):
+            raise StartFailure(f"command not found: {program}")
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise StartFailure(f"permission denied: {program}")
+    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        raise StartFailure(f"command not found: {program}")
+
+
+def launch_env(launch: Launch, spool: Spool | None = None) -> dict[str, str]:
+    """The child's environment: ours, then ``launch.env``, then the TOMLFLOW_* variables.
+
+    ``TOMLFLOW_EXECUTION_ID`` with ``TOMLFLOW_SPOOL`` identify every process of the execution,
+    even when two databases on one host share execution ids.
+    """
     env = dict(os.environ)
     env.update(launch.env)
     env.update(
@@ -186,68 +126,77 @@ def launch_env(launch: Launch) -> dict[str, str]:
         TOMLFLOW_ATTEMPT=str(launch.attempt),
         TOMLFLOW_META=json.dumps(dict(launch.meta), sort_keys=True),
     )
+    if spool is not None:
+        env[SPOOL_VAR] = str(spool.path)
     return env
 
 
-def _start_error(exc: Exception, program: str, cwd: str | None) -> str:
-    if not isinstance(exc, OSError):
-        return f"cannot start {program}: {exc}"
-    if cwd is not None and exc.filename == cwd:
-        return f"bad working directory {cwd}: {exc.strerror}"
-    if isinstance(exc, FileNotFoundError):
-        return f"command not found: {program}"
-    if isinstance(exc, PermissionError):
-        return f"permission denied: {program}"
-    return f"cannot start {program}: {exc.strerror or exc}"
-
-
-def _spawn(launch: Launch) -> subprocess.Popen[bytes]:
-    """Start the launch's process in a new session; raises _StartFailure."""
-    args, program = _popen_args(launch)
+def spawn(launch: Launch, spool: Spool) -> subprocess.Popen[bytes]:
+    """Start the launch's supervisor in a new session; raises StartFailure."""
+    env = launch_env(launch, spool)
+    args = supervisor_args(launch, env)
+    try:
+        out, err = spool.open_output(launch.execution_id)
+    except OSError as exc:
+        raise StartFailure(f"cannot write to the spool {spool.path}: {exc.strerror}") from exc
+    prefix = spool.prefix(launch.execution_id)
     try:
         return subprocess.Popen(
-            args,
-            shell=launch.shell,
+            ["/bin/sh", "-c", SUPERVISOR, SUPERVISOR_NAME, prefix, *args],
             cwd=launch.cwd,
-            env=launch_env(launch),
+            env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
             start_new_session=True,
         )
-    except (OSError, ValueError) as exc:
-        raise _StartFailure(_start_error(exc, program, launch.cwd)) from exc
+    except OSError as exc:
+        if launch.cwd is not None and exc.filename == launch.cwd:
+            raise StartFailure(f"bad working directory {launch.cwd}: {exc.strerror}") from exc
+        raise StartFailure(f"cannot start the supervisor: {exc.strerror or exc}") from exc
+    finally:
+        os.close(out)
+        os.close(err)
+
+
+# -- the kill switch -----------------------------------------------------------------------------
 
 
 class Run:
-    """Kill switch of one active process, safe to use from any thread.
+    """Kill switch of one execution, safe to use from any thread; ``output`` once it runs.
 
-    Signals go to the process group only until the main process is reaped: until then its pid
-    (the group id) cannot be reused, so we never signal a stranger's group.
+    A stop writes the reason to the spool BEFORE signalling, so a scheduler that dies mid-kill
+    still leaves the truth. Signals go to the supervisor's process group, and to every process
+    carrying this execution's tag (a ``setsid`` grandchild too), only while the supervisor has
+    not ended: until then its pid (the group id) cannot belong to a stranger.
     """
 
-    def __init__(self, wake_fd: int, kill_grace: float) -> None:
+    def __init__(self, execution_id: int, spool: Spool, wake_fd: int, kill_grace: float) -> None:
+        self.execution_id = execution_id
+        self._spool = spool
         self._wake_fd = wake_fd
         self._kill_grace = kill_grace
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reaped = False
+        self._pid: int | None = None
+        self._ended = False
+        self.output: Output | None = None
         self.stop_reason: tuple[Result, str] | None = None
         self.kill_at: float | None = None
 
-    def attach(self, proc: subprocess.Popen[bytes]) -> None:
+    def attach(self, pid: int) -> None:
         with self._lock:
-            self._proc = proc
-            if self.stop_reason is not None:  # cancelled while starting
+            self._pid = pid
+            if self.stop_reason is not None:  # stopped while starting
                 self._signal(signal.SIGTERM)
 
     def stop(self, result: Result, msg: str) -> None:
-        """Ask the group to end (SIGTERM, SIGKILL after the grace); the first reason wins."""
+        """Ask it to end (SIGTERM, SIGKILL after the grace); the first reason wins."""
         with self._lock:
-            if self.stop_reason is not None or self._reaped:
+            if self.stop_reason is not None or self._ended:
                 return
             self.stop_reason = (result, msg)
             self.kill_at = time.monotonic() + self._kill_grace
+            self._spool.write_stop(self.execution_id, result, msg)
             self._signal(signal.SIGTERM)
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_fd, b"x")
@@ -262,40 +211,24 @@ class Run:
         with self._lock:
             self._signal(signal.SIGKILL)
 
-    def reap(self) -> int:
+    def end(self) -> None:
+        """The supervisor ended: kill what is left of its group, then never signal again."""
         with self._lock:
-            assert self._proc is not None
-            self._reaped = True
-            return self._proc.wait()
+            if self._pid is not None and not self._ended:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self._pid, signal.SIGKILL)
+            self._ended = True
 
     def _signal(self, sig: int) -> None:
-        if self._proc is not None and not self._reaped:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, sig)
+        if self._pid is None or self._ended:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pid, sig)
+        self._spool.kill_tagged(self.execution_id, sig)
 
 
-def _open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def _has_exited(pid: int) -> bool:
-    """True once ``pid`` has exited; leaves it unreaped (WNOWAIT) so its group id stays ours."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _stream_fd(stream: IO[bytes] | None) -> int:
-    assert stream is not None
-    return stream.fileno()
-
-
-class Worker:
-    """A worker thread's reusable selector and wake-up pipe (written by ``Run.stop``)."""
+class Waker:
+    """A thread's reusable selector and the wake-up pipe ``Run.stop`` writes to."""
 
     def __init__(self) -> None:
         self.selector = selectors.PollSelector()
@@ -309,167 +242,241 @@ class Worker:
         os.close(self.wake_w)
 
 
+# -- following a running supervisor ------------------------------------------------------------
+
+
+def open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _child_exited(pid: int) -> bool:
+    """True once child ``pid`` has exited; leaves it unreaped (WNOWAIT) so its group id stays."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+class _Tails:
+    """Reads the ``.out`` and ``.err`` spool files of one execution from where it last stopped."""
+
+    def __init__(self, spool: Spool, execution_id: int) -> None:
+        prefix = spool.prefix(execution_id)
+        self._fds: dict[str, int] = {}
+        for stream, suffix in zip(STREAMS, (".out", ".err"), strict=True):
+            with contextlib.suppress(FileNotFoundError):
+                self._fds[stream] = os.open(prefix + suffix, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self, out: Output) -> None:
+        for stream, fd in self._fds.items():
+            while chunk := os.read(fd, _READ_SIZE):
+                out.feed(stream, chunk)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 _EXIT = "exit"
 _WAKE = "wake"
 
 
-class _Pump:
-    """Reads one process's pipes until they close and it exits, enforcing timeout and stop."""
-
-    def __init__(
-        self, proc: subprocess.Popen[bytes], run: Run, out: _Output, worker: Worker
-    ) -> None:
-        self._proc = proc
-        self._run = run
-        self._out = out
-        self._worker = worker
-        self._streams = {_stream_fd(proc.stdout): "stdout", _stream_fd(proc.stderr): "stderr"}
-        self._exit_fd = _open_pidfd(proc.pid)
-        self._exited = False
-        self._drain_until: float | None = None
-
-    def pump(self, timeout: timedelta | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
-        sel = self._worker.selector
-        for fd, name in self._streams.items():
-            sel.register(fd, selectors.EVENT_READ, name)
-        if self._exit_fd is not None:
-            sel.register(self._exit_fd, selectors.EVENT_READ, _EXIT)
-        sel.register(self._worker.wake_r, selectors.EVENT_READ, _WAKE)
-        try:
-            while self._streams or not self._exited:
-                for key, _ in sel.select(self._wait(deadline)):
-                    self._handle(key)
-                deadline = self._check(deadline, timeout)
-                if self._drained_too_long():
-                    break
-        finally:
-            for key in list(sel.get_map().values()):
-                sel.unregister(key.fileobj)
-            if self._exit_fd is not None:
-                os.close(self._exit_fd)
-
-    def _handle(self, key: selectors.SelectorKey) -> None:
-        fd = key.fd
-        if key.data == _WAKE:
-            with contextlib.suppress(BlockingIOError):
-                os.read(fd, _READ_SIZE)
-        elif key.data == _EXIT:
-            self._worker.selector.unregister(fd)
-            self._exited = True
-        else:
-            chunk = os.read(fd, _READ_SIZE)
-            if chunk:
-                self._out.feed(key.data, chunk)
-            else:
-                self._worker.selector.unregister(fd)
-                self._out.close(self._streams.pop(fd))
-
-    def _wait(self, deadline: float | None) -> float | None:
-        times = [t for t in (deadline, self._run.kill_at, self._drain_until) if t is not None]
-        wait = max(0.0, min(times) - time.monotonic()) if times else None
-        if self._exit_fd is None and not self._exited:
-            wait = _POLL_INTERVAL if wait is None else min(wait, _POLL_INTERVAL)
-        return wait
-
-    def _check(self, deadline: float | None, timeout: timedelta | None) -> float | None:
-        """Apply exit, timeout and kill escalation; return the deadline still pending."""
-        if not self._exited and self._exit_fd is None:
-            self._exited = _has_exited(self._proc.pid)
-        if self._exited and self._drain_until is None:
-            self._drain_until = time.monotonic() + _EXIT_DRAIN
-        now = time.monotonic()
-        if deadline is not None and timeout is not None and now >= deadline:
-            self._run.stop(Result.ERROR, f"timeout after {format_duration(timeout)}")
-            deadline = None
-        self._run.escalate(now)
-        return deadline
-
-    def _drained_too_long(self) -> bool:
-        if not self._streams or self._drain_until is None:
-            return False
-        if time.monotonic() < self._drain_until:
-            return False
-        self._run.kill()
-        self._out.system("process exited but its output stayed open; killed its process group")
-        return True
+def _follow(
+    exited: Callable[[], bool],
+    exit_fd: int | None,
+    tails: _Tails,
+    out: Output,
+    run: Run,
+    waker: Waker,
+    timeout: tuple[float, timedelta] | None,
+) -> None:
+    """Read output until the supervisor exits, enforcing ``timeout`` (monotonic deadline and the
+    configured duration) and a stop's escalation."""
+    sel = waker.selector
+    sel.register(waker.wake_r, selectors.EVENT_READ, _WAKE)
+    if exit_fd is not None:
+        sel.register(exit_fd, selectors.EVENT_READ, _EXIT)
+    try:
+        done = False
+        while not done:
+            deadline = timeout[0] if timeout and run.stop_reason is None else None
+            times = [t for t in (deadline, run.kill_at) if t is not None]
+            wait = min([READ_EVERY, *(max(0.0, t - time.monotonic()) for t in times)])
+            if exit_fd is None:
+                wait = min(wait, _POLL_INTERVAL)
+            for key, _ in sel.select(wait):
+                if key.data == _WAKE:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(key.fd, _READ_SIZE)
+                else:
+                    done = True
+            done = done or (exit_fd is None and exited())
+            tails.read(out)
+            now = time.monotonic()
+            if deadline is not None and timeout is not None and now >= deadline:
+                run.stop(Result.ERROR, f"timeout after {format_duration(timeout[1])}")
+            run.escalate(now)
+    finally:
+        for key in list(sel.get_map().values()):
+            sel.unregister(key.fileobj)
 
 
-def _decide(out: _Output, returncode: int, stop: tuple[Result, str] | None) -> tuple[Result, str]:
+def exit_code_of(status: int | None) -> int | None:
+    """A receipt's status as we report it: ``-N`` when it is 128+N for a signal number N."""
+    if status is not None and status - 128 in _SIGNALS:
+        return -(status - 128)
+    return status
+
+
+def decide(
+    out: Output, exit_code: int | None, stop: tuple[Result, str] | None
+) -> tuple[Result, str]:
     """The result rules: a stop (timeout/cancel) wins, then an event result, then the exit."""
     if stop is not None:
         return stop
     if out.result is not None:
         return out.result, out.msg or ""
-    if returncode == 0:
+    if exit_code is None:
+        return Result.ERROR, UNKNOWN_EXIT
+    if exit_code == 0:
         return Result.COMPLETE, out.msg or ""
-    if returncode < 0:
-        return Result.ERROR, f"killed by signal {-returncode}"
+    if exit_code < 0:
+        return Result.ERROR, f"killed by signal {-exit_code}"
     tail = f": {out.last_stderr}" if out.last_stderr else ""
-    return Result.ERROR, f"exit code {returncode}{tail}"
+    return Result.ERROR, f"exit code {exit_code}{tail}"
 
 
-def kill_orphan(pid: int, execution_id: int) -> bool:
-    """Kill the process group a previous scheduler left running for ``execution_id``.
+def _ended(
+    execution_id: int,
+    out: Output,
+    exit_code: int | None,
+    stop: tuple[Result, str] | None,
+    times: tuple[datetime, datetime],
+    pid: int | None,
+) -> Outcome:
+    result, msg = decide(out, exit_code, stop)
+    out.finish()
+    if stop is not None:
+        out.system(msg)
+    return make_outcome(
+        execution_id,
+        result,
+        msg,
+        times[0],
+        times[1],
+        exit_code=exit_code,
+        meta=out.meta,
+        logs=tuple(out.take()),
+        pid=pid,
+    )
 
-    The group is killed only if its leader still carries ``TOMLFLOW_EXECUTION_ID`` for this
-    execution (read from /proc), so a recycled pid is never signalled. True if it was killed.
-    """
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as env:
-            marker = f"TOMLFLOW_EXECUTION_ID={execution_id}".encode()
-            if marker not in env.read().split(b"\0"):
-                return False
-        os.killpg(pid, signal.SIGKILL)
-    except (OSError, ProcessLookupError):
-        return False
-    return True
+
+def _deadline(timeout: timedelta | None, spent: float = 0.0) -> tuple[float, timedelta] | None:
+    if timeout is None:
+        return None
+    return time.monotonic() + timeout.total_seconds() - spent, timeout
 
 
 def run_command(
     launch: Launch,
     run: Run,
-    worker: Worker,
+    spool: Spool,
+    waker: Waker,
     now: Clock,
-    log_cap: int,
+    caps: Caps,
     on_start: Callable[[int | None, datetime], None],
 ) -> Outcome:
-    """Run ``launch.command`` to its end on this thread and return how it ended.
+    """Run ``launch.command`` under a supervisor to its end on this thread; return how it ended.
 
-    ``on_start(pid, started_at)`` is called once the process exists (pid ``None`` when it could
-    not start, which is an ERROR outcome). ``run`` is the kill switch other threads may pull
-    (cancel); the timeout is enforced here. Never raises for a failing command.
+    ``on_start(pid, started_at)`` is called once the supervisor exists (pid ``None`` when nothing
+    could start, which is an ERROR outcome). ``run`` is the kill switch other threads may pull
+    (cancel); the timeout is enforced here. The spool files stay (see ``Spool.release``).
+    Never raises for a failing command.
     """
     started_at = now()
     try:
-        proc = _spawn(launch)
-    except _StartFailure as failure:
+        proc = spawn(launch, spool)
+    except StartFailure as failure:
         on_start(None, started_at)
-        return make_outcome(launch, Result.ERROR, failure.msg, started_at, now())
-    run.attach(proc)
+        return make_outcome(launch.execution_id, Result.ERROR, failure.msg, started_at, now())
+    pidfd = open_pidfd(proc.pid)
+    out = Output(launch.execution_id, caps, now)
+    run.output = out
+    run.attach(proc.pid)
     on_start(proc.pid, started_at)
-    out = _Output(launch.execution_id, log_cap, now)
+    tails = _Tails(spool, launch.execution_id)
     try:
-        _Pump(proc, run, out, worker).pump(launch.timeout)
+        exited = lambda: _child_exited(proc.pid)  # noqa: E731
+        _follow(exited, pidfd, tails, out, run, waker, _deadline(launch.timeout))
     except BaseException:
         run.kill()  # so the reap below cannot block on a live process
         raise
     finally:
-        returncode = run.reap()
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-    result, msg = _decide(out, returncode, run.stop_reason)
-    if run.stop_reason is not None:
-        out.system(msg)
-    return make_outcome(
-        launch,
-        result,
-        msg,
-        started_at,
-        now(),
-        exit_code=returncode,
-        meta=out.meta,
-        logs=out.logs,
-        pid=proc.pid,
-    )
+        run.end()
+        status = proc.wait()
+        tails.read(out)
+        tails.close()
+        if pidfd is not None:
+            os.close(pidfd)
+    receipt = spool.receipt(launch.execution_id)
+    code = exit_code_of(receipt.status) if receipt else status
+    return _ended(launch.execution_id, out, code, run.stop_reason, (started_at, now()), proc.pid)
+
+
+def follow_adopted(
+    orphan: Orphan,
+    pid: int,
+    pidfd: int,
+    run: Run,
+    spool: Spool,
+    waker: Waker,
+    now: Clock,
+    caps: Caps,
+) -> Outcome:
+    """Follow supervisor ``pid`` that a previous scheduler started: its output from the start,
+    its timeout counted from ``orphan.started_at``, its exit status from the receipt."""
+    eid = orphan.execution_id
+    started_at = orphan.started_at or now()
+    out = Output(eid, caps, now)
+    run.output = out
+    run.attach(pid)
+    spent = (now() - started_at).total_seconds()
+    tails = _Tails(spool, eid)
+    try:
+        exited = lambda: not spool.carries_tag(pid, eid)  # noqa: E731
+        _follow(exited, pidfd, tails, out, run, waker, _deadline(orphan.timeout, spent))
+    finally:
+        run.end()
+        tails.read(out)
+        tails.close()
+        os.close(pidfd)
+    receipt = spool.receipt(eid)
+    code = exit_code_of(receipt.status) if receipt else None
+    ended_at = receipt.at if receipt else now()
+    return _ended(eid, out, code, run.stop_reason or spool.stop(eid), (started_at, ended_at), pid)
+
+
+def replay(orphan: Orphan, spool: Spool, now: datetime, caps: Caps) -> Outcome:
+    """The outcome of an execution whose supervisor ended while no scheduler ran, from its
+    receipts: output parsed with the same caps and event rules, the exit status and its time,
+    a stop reason if a scheduler signalled it. Without an exit status (and no stop or event
+    result) it is an ERROR saying the outcome is unknowable."""
+    eid = orphan.execution_id
+    receipt = spool.receipt(eid)
+    ended_at = receipt.at if receipt else now
+    out = Output(eid, caps, lambda: ended_at)
+    tails = _Tails(spool, eid)
+    try:
+        tails.read(out)
+    finally:
+        tails.close()
+    code = exit_code_of(receipt.status) if receipt else None
+    stop = spool.stop(eid)
+    if receipt is None and stop is None and out.result is None:
+        stop = (Result.ERROR, UNKNOWN_DEAD)
+    pid = spool.supervisor_pid(eid) or orphan.pid
+    return _ended(eid, out, code, stop, (orphan.started_at or ended_at, ended_at), pid)

@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from scheduler.durations import format_duration
-from scheduler.executors.base import Clock, Launch, Outcome, Reply, Result, Started, make_outcome
+from scheduler.executors.base import (
+    Clock,
+    Launch,
+    LogLine,
+    Orphan,
+    Outcome,
+    Recovery,
+    Reply,
+    Result,
+    Started,
+    make_outcome,
+)
 from scheduler.executors.board import Board, collect_until_idle
+
+IN_PROCESS_LOST = (
+    "outcome unknown: a Python worker runs inside the scheduler process and ended with it"
+)
 
 
 @dataclass
@@ -75,22 +90,42 @@ class InProcessExecutor:
             if end is not None and time.monotonic() >= end:
                 return outcomes
 
+    def lines(self) -> list[LogLine]:
+        return []  # a callable's output is not captured
+
+    def recover(self, orphans: Sequence[Orphan], local: bool) -> Recovery:
+        """Nothing a callable did outlives the process: every orphan's outcome is unknowable."""
+        now = self._now()
+        return Recovery(
+            outcomes=[
+                make_outcome(
+                    o.execution_id, Result.ERROR, IN_PROCESS_LOST, o.started_at or now, now
+                )
+                for o in orphans
+            ]
+        )
+
+    def release(self, execution_ids: Iterable[int]) -> None:
+        pass  # no receipts are kept
+
     def cancel(self, execution_id: int, reason: str) -> None:
         at = self._now()
         launch = self._board.withdraw(execution_id)
         if launch is not None:
-            self._board.report(make_outcome(launch, Result.CANCELLED, reason, at, at))
+            self._board.report(make_outcome(launch.execution_id, Result.CANCELLED, reason, at, at))
             return
         call = self._board.active(execution_id)
         if call is not None:
-            outcome = make_outcome(call.launch, Result.CANCELLED, reason, call.started_at, at)
+            outcome = make_outcome(
+                call.launch.execution_id, Result.CANCELLED, reason, call.started_at, at
+            )
             self._board.finish(execution_id, outcome)
 
     def shutdown(self, grace: float) -> list[Outcome]:
         for launch in self._board.close():
             at = self._now()
             msg = "executor shut down before it started"
-            self._board.report(make_outcome(launch, Result.CANCELLED, msg, at, at))
+            self._board.report(make_outcome(launch.execution_id, Result.CANCELLED, msg, at, at))
         outcomes = collect_until_idle(self, self._board, grace)
         msg = f"executor shut down: still running after {format_duration(timedelta(seconds=grace))}"
         for call in self._board.actives():
@@ -106,7 +141,9 @@ class InProcessExecutor:
             if time.monotonic() >= call.deadline:
                 assert call.launch.timeout is not None
                 msg = f"timeout after {format_duration(call.launch.timeout)}"
-                outcome = make_outcome(call.launch, Result.ERROR, msg, call.started_at, self._now())
+                outcome = make_outcome(
+                    call.launch.execution_id, Result.ERROR, msg, call.started_at, self._now()
+                )
                 self._board.finish(call.launch.execution_id, outcome)
             elif nearest is None or call.deadline < nearest:
                 nearest = call.deadline
@@ -121,7 +158,9 @@ class InProcessExecutor:
         while (item := self._board.take(self._start, _call_notice)) is not None:
             launch, call = item
             result, msg, meta = call_python(launch)
-            outcome = make_outcome(launch, result, msg, call.started_at, self._now(), meta=meta)
+            outcome = make_outcome(
+                launch.execution_id, result, msg, call.started_at, self._now(), meta=meta
+            )
             self._board.finish(launch.execution_id, outcome)
 
 

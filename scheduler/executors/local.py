@@ -1,51 +1,85 @@
-"""``LocalExecutor``: runs launches as child processes on this machine, on worker threads."""
+"""``LocalExecutor``: runs launches as processes on this machine, on worker threads.
+
+Every command runs under a supervisor that leaves its receipts in the spool (see ``command`` and
+``spool``), so its outcome survives the scheduler: ``recover`` settles what a dead scheduler left
+running, adopting the supervisors still alive.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 
+from scheduler.config import Config
 from scheduler.durations import format_duration
-from scheduler.executors.base import Clock, Launch, Outcome, Result, Started, make_outcome
+from scheduler.executors.base import (
+    Clock,
+    Launch,
+    LogLine,
+    Orphan,
+    Outcome,
+    Recovery,
+    Result,
+    Started,
+    make_outcome,
+)
 from scheduler.executors.board import Board, collect_until_idle
 from scheduler.executors.command import (
     DEFAULT_KILL_GRACE,
-    DEFAULT_LOG_CAP,
     Run,
-    Worker,
+    Waker,
+    follow_adopted,
+    open_pidfd,
+    replay,
     run_command,
 )
-from scheduler.executors.inprocess import call_python
+from scheduler.executors.inprocess import IN_PROCESS_LOST, call_python
+from scheduler.executors.output import Caps
+from scheduler.executors.spool import Spool
 
 log = logging.getLogger(__name__)
 
+NOT_HERE = "outcome unknown: it ran on another machine, whose scheduler stopped"
+
 
 class LocalExecutor:
-    """Runs launches as child processes, at most ``max_workers`` at a time.
+    """Runs launches as processes, at most ``max_workers`` at a time (adopted ones aside).
 
-    Each process gets its own session/process group, stdin from /dev/null, piped stdout/stderr
-    and the TOMLFLOW_* environment. Timeout and cancel send SIGTERM to the whole group and
-    SIGKILL ``kill_grace`` seconds later. Output beyond ``log_cap`` lines per execution is
-    drained and dropped after a truncation marker. A launch with a ``callable`` (a Python
-    worker) is called on the worker thread instead; like InProcessExecutor, it cannot be
-    interrupted by a timeout or cancel.
+    Each command runs under a supervisor in its own session/process group, stdin from
+    /dev/null, output appended to the spool and the TOMLFLOW_* environment. Timeout and cancel
+    send SIGTERM to the group and to every process carrying the execution's tag, SIGKILL
+    ``kill_grace`` seconds later; when the command ends, what is left of its group is killed.
+    Output is capped by ``caps``. A launch with a ``callable`` (a Python worker) is called on
+    the worker thread instead; like InProcessExecutor, it cannot be interrupted.
+
+    ``spool`` is the receipts folder; without one a private temporary folder is used (and
+    removed at shutdown), so nothing can be recovered after a crash.
     """
 
     def __init__(
         self,
         max_workers: int,
         now: Clock,
-        log_cap: int = DEFAULT_LOG_CAP,
+        caps: Caps | None = None,
         kill_grace: float = DEFAULT_KILL_GRACE,
+        spool: Path | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self.max_workers = max_workers
         self._now = now
-        self._log_cap = log_cap
+        self._caps = caps or Caps()
         self._kill_grace = kill_grace
+        self._private = spool is None
+        self.spool = Spool(
+            Path(tempfile.mkdtemp(prefix="tomlflow-spool-")) if spool is None else spool
+        )
         self._board: Board[Run] = Board()
         self._threads = [
             threading.Thread(target=self._work, name=f"tomlflow-exec-{i}", daemon=True)
@@ -53,6 +87,12 @@ class LocalExecutor:
         ]
         for thread in self._threads:
             thread.start()
+
+    @classmethod
+    def for_config(cls, config: Config, now: Clock) -> LocalExecutor:
+        """The executor ``config`` describes: its workers, spool folder and output caps."""
+        caps = Caps(config.output_max_lines, config.output_max_bytes, config.output_max_line)
+        return cls(config.max_workers, now, caps=caps, spool=config.spool_dir)
 
     def submit(self, launch: Launch) -> None:
         self._board.add(launch)
@@ -66,11 +106,21 @@ class LocalExecutor:
     def running(self) -> int:
         return self._board.pending()
 
+    def lines(self) -> list[LogLine]:
+        found: list[LogLine] = []
+        for run in self._board.actives():
+            if run.output is not None:
+                found += run.output.take()
+        return found
+
+    def release(self, execution_ids: Iterable[int]) -> None:
+        self.spool.release(execution_ids)
+
     def cancel(self, execution_id: int, reason: str) -> None:
         launch = self._board.withdraw(execution_id)
         if launch is not None:
             at = self._now()
-            self._board.report(make_outcome(launch, Result.CANCELLED, reason, at, at))
+            self._board.report(make_outcome(execution_id, Result.CANCELLED, reason, at, at))
             return
         run = self._board.active(execution_id)
         if run is not None:
@@ -80,7 +130,8 @@ class LocalExecutor:
         at = self._now()
         for launch in self._board.close():
             msg = "executor shut down before it started"
-            self._board.report(make_outcome(launch, Result.CANCELLED, msg, at, at))
+            outcome = make_outcome(launch.execution_id, Result.CANCELLED, msg, at, at)
+            self._board.report(outcome)
         outcomes = collect_until_idle(self, self._board, grace)
         msg = f"executor shut down: still running after {format_duration(timedelta(seconds=grace))}"
         for run in self._board.actives():
@@ -88,38 +139,118 @@ class LocalExecutor:
         outcomes += collect_until_idle(self, self._board, None)
         for thread in self._threads:
             thread.join()
+        if self._private:
+            shutil.rmtree(self.spool.path, ignore_errors=True)
         return outcomes
 
-    def _work(self) -> None:
-        worker = Worker()
+    # -- recovery ---------------------------------------------------------------------------
+
+    def recover(self, orphans: Sequence[Orphan], local: bool) -> Recovery:
+        swept = self.spool.sweep(o.execution_id for o in orphans)
+        if swept:
+            log.info("deleted the receipts of %d executions no longer running", swept)
+        recovery = Recovery()
+        for orphan in orphans:
+            self._settle(orphan, local, recovery)
+        return recovery
+
+    def _settle(self, orphan: Orphan, local: bool, recovery: Recovery) -> None:
+        """Put ``orphan`` in the one list of ``recovery`` the receipts say it belongs to."""
+        eid, now = orphan.execution_id, self._now()
+        if orphan.in_process:
+            recovery.outcomes.append(_unknown(orphan, IN_PROCESS_LOST, now))
+            return
+        pid = self.spool.supervisor_pid(eid) or orphan.pid or self.spool.leader(eid)
+        if pid and self.spool.carries_tag(pid, eid) and self._adopt(orphan, pid):
+            recovery.adopted.append(eid)
+            recovery.reparsed.append(eid)
+        elif self.spool.receipt(eid) or self.spool.stop(eid):
+            recovery.outcomes.append(replay(orphan, self.spool, now, self._caps))
+            recovery.reparsed.append(eid)
+        elif not local:
+            recovery.outcomes.append(_unknown(orphan, NOT_HERE, now))
+        elif pid is None:  # the supervisor never wrote its pid: the command never started
+            recovery.unstarted.append(eid)
+        elif self.spool.has_output(eid):
+            recovery.outcomes.append(replay(orphan, self.spool, now, self._caps))
+            recovery.reparsed.append(eid)
+        else:
+            recovery.outcomes.append(replay(orphan, self.spool, now, self._caps))
+
+    def _adopt(self, orphan: Orphan, pid: int) -> bool:
+        """Follow a live supervisor on a thread of its own; False if it ended meanwhile."""
+        pidfd = open_pidfd(pid)
+        if pidfd is None:
+            return False
+        if not self.spool.carries_tag(pid, orphan.execution_id):  # ended before the pidfd
+            os.close(pidfd)
+            return False
+        waker = Waker()
+        run = Run(orphan.execution_id, self.spool, waker.wake_w, self._kill_grace)
+        self._board.activate(orphan.execution_id, run)
+        if orphan.pid is None and orphan.started_at is not None:
+            self._board.note_started(orphan.execution_id, pid, orphan.started_at)
+        thread = threading.Thread(
+            target=self._follow,
+            args=(orphan, pid, pidfd, run, waker),
+            daemon=True,
+            name=f"tomlflow-adopt-{orphan.execution_id}",
+        )
+        self._threads.append(thread)
+        thread.start()
+        log.info("adopted execution %d (supervisor pid %d)", orphan.execution_id, pid)
+        return True
+
+    def _follow(self, orphan: Orphan, pid: int, pidfd: int, run: Run, waker: Waker) -> None:
         try:
-            while (item := self._board.take(self._new_run(worker))) is not None:
-                launch, run = item
-                self._board.finish(launch.execution_id, self._guarded(launch, run, worker))
+            outcome = follow_adopted(
+                orphan, pid, pidfd, run, self.spool, waker, self._now, self._caps
+            )
+        except Exception as exc:  # a bug must not leave the execution in flight forever
+            log.exception("executor failure on adopted execution %s", orphan.execution_id)
+            msg = f"executor failure: {type(exc).__name__}: {exc}"
+            outcome = _unknown(orphan, msg, self._now())
         finally:
-            worker.close()
+            waker.close()
+        self._board.finish(orphan.execution_id, outcome)
 
-    def _new_run(self, worker: Worker) -> Callable[[Launch], Run]:
-        return lambda _launch: Run(worker.wake_w, self._kill_grace)
+    # -- worker threads ---------------------------------------------------------------------
 
-    def _guarded(self, launch: Launch, run: Run, worker: Worker) -> Outcome:
+    def _work(self) -> None:
+        waker = Waker()
+        try:
+            while (item := self._board.take(self._new_run(waker))) is not None:
+                launch, run = item
+                self._board.finish(launch.execution_id, self._guarded(launch, run, waker))
+        finally:
+            waker.close()
+
+    def _new_run(self, waker: Waker) -> Callable[[Launch], Run]:
+        return lambda launch: Run(launch.execution_id, self.spool, waker.wake_w, self._kill_grace)
+
+    def _guarded(self, launch: Launch, run: Run, waker: Waker) -> Outcome:
         # A bug here must not kill the worker thread: the engine would wait forever.
         started_at = self._now()
         try:
-            return self._execute(launch, run, worker, started_at)
+            return self._execute(launch, run, waker, started_at)
         except Exception as exc:
             log.exception("executor failure on execution %s", launch.execution_id)
             msg = f"executor failure: {type(exc).__name__}: {exc}"
-            return make_outcome(launch, Result.ERROR, msg, started_at, self._now())
+            return make_outcome(launch.execution_id, Result.ERROR, msg, started_at, self._now())
 
-    def _execute(self, launch: Launch, run: Run, worker: Worker, started_at: datetime) -> Outcome:
+    def _execute(self, launch: Launch, run: Run, waker: Waker, started_at: datetime) -> Outcome:
         eid = launch.execution_id
         if launch.callable is not None:  # a Python worker: called on this thread, no process
             self._board.note_started(eid, None, started_at)
             result, msg, meta = call_python(launch)
-            return make_outcome(launch, result, msg, started_at, self._now(), meta=meta)
+            return make_outcome(eid, result, msg, started_at, self._now(), meta=meta)
 
         def on_start(pid: int | None, at: datetime) -> None:
             self._board.note_started(eid, pid, at)
 
-        return run_command(launch, run, worker, self._now, self._log_cap, on_start)
+        return run_command(launch, run, self.spool, waker, self._now, self._caps, on_start)
+
+
+def _unknown(orphan: Orphan, msg: str, now: datetime) -> Outcome:
+    started = orphan.started_at or now
+    return make_outcome(orphan.execution_id, Result.ERROR, msg, started, now, pid=orphan.pid)

@@ -17,7 +17,9 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -26,17 +28,13 @@ from celery.exceptions import Reject
 from celery.signals import worker_ready
 
 from scheduler.clock import SystemClock
-from scheduler.config import ExecutorConfig
+from scheduler.config import Config
 from scheduler.executors import backchannel as bc
-from scheduler.executors.base import Launch, LogLine, Outcome, Result, make_outcome
-from scheduler.executors.command import (
-    DEFAULT_KILL_GRACE,
-    DEFAULT_LOG_CAP,
-    Run,
-    Worker,
-    run_command,
-)
+from scheduler.executors.base import Launch, Outcome, Result, make_outcome
+from scheduler.executors.command import DEFAULT_KILL_GRACE, Run, Waker, run_command
 from scheduler.executors.inprocess import call_python
+from scheduler.executors.output import Caps
+from scheduler.executors.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +82,8 @@ class _Active:
 
     keys: bc.Keys
     execution_id: int
-    run: Run
-    batches: int = 0
-    pending: list[LogLine] = field(default_factory=list)
+    run: Run | None = None
+    batches: int = 0  # log batches pushed so far
 
 
 class Monitor:
@@ -124,25 +121,38 @@ class Monitor:
                 log.warning("heartbeat failed: %s", exc)
 
     def beat(self) -> None:
+        """One heartbeat for every running execution, with its new output; then act on the
+        stop requests found. Output is pushed under the lock only, so batches stay in order."""
         with self._lock:
             actives = list(self._active.values())
             if not actives:
                 return
             pipe = self._redis.pipeline(transaction=False)
             for active in actives:
-                keys, eid = active.keys, active.execution_id
-                pipe.incr(keys.beat(eid))
-                pipe.expire(keys.beat(eid), bc.KEEP_SECONDS)
-                pipe.get(keys.cancel(eid))
+                self._queue_beat(pipe, active)
+            for active in actives:  # last, so their replies are the last ones
+                pipe.get(active.keys.cancel(active.execution_id))
             replies = pipe.execute()
-        for active, reason in zip(actives, replies[2::3], strict=True):
-            if reason is not None:
+        for active, reason in zip(actives, replies[-len(actives) :], strict=True):
+            if reason is not None and active.run is not None:
                 active.run.stop(Result.CANCELLED, _text(reason))
+
+    @staticmethod
+    def _queue_beat(pipe: Any, active: _Active) -> None:
+        keys, eid = active.keys, active.execution_id
+        pipe.incr(keys.beat(eid))
+        pipe.expire(keys.beat(eid), bc.KEEP_SECONDS)
+        output = active.run.output if active.run else None
+        lines = output.take() if output else []
+        if lines:
+            pipe.rpush(keys.logs(eid), bc.lines_json(lines))
+            pipe.expire(keys.logs(eid), bc.KEEP_SECONDS)
+            active.batches += 1
 
 
 def _report(client: redis.Redis, active: _Active, outcome: Outcome, worker: str) -> None:
     keys, eid = active.keys, active.execution_id
-    lines = [*active.pending, *outcome.logs]
+    lines = list(outcome.logs)
     batches = active.batches + (1 if lines else 0)
     text = bc.outcome_json(outcome, batches, worker)
     pipe = client.pipeline(transaction=True)
@@ -159,10 +169,16 @@ def _text(value: bytes | str) -> str:
 
 
 class PhaseRunner:
-    """Runs the phases of the messages this worker process receives (thread-safe)."""
+    """Runs the phases of the messages this worker process receives (thread-safe).
 
-    def __init__(self, client: redis.Redis, name: str | None = None) -> None:
+    Each namespace (scheduler database) gets a spool folder of its own under ``spool``, so two
+    databases' execution ids never meet; an execution's files go once its outcome is stored.
+    """
+
+    def __init__(self, client: redis.Redis, spool: Path, name: str | None = None) -> None:
         self._redis = client
+        self._spool_root = spool
+        self._spools: dict[str, Spool] = {}
         self._clock = SystemClock()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.monitor = Monitor(client)
@@ -177,65 +193,75 @@ class PhaseRunner:
         eid, attempt = int(payload["execution_id"]), int(payload["attempt"])
         started_at = self._clock.now()
         try:
-            # One round trip: the claim, and a stop request left while it waited in the queue.
-            # The first heartbeat comes from the monitor; until then the claim stands for it.
-            pipe = self._redis.pipeline(transaction=True)
-            claim = bc.claim_json(self.name, started_at)
-            pipe.set(keys.claim(eid, attempt), claim, nx=True, ex=bc.KEEP_SECONDS)
-            pipe.get(keys.cancel(eid))
-            claimed, reason = pipe.execute()
-            if not claimed:
-                log.warning("execution %d attempt %d already claimed: not run again", eid, attempt)
-                return "duplicate"
+            claimed, reason = self._claim(keys, eid, attempt, started_at)
         except redis.RedisError as exc:
             log.warning("backchannel unreachable, message handed back: %s", exc)
             time.sleep(_BACKCHANNEL_RETRY)
             raise Reject(str(exc), requeue=True) from exc
-        launch = bc.launch_of(payload)
-        active = _Active(keys, eid, Run(-1, DEFAULT_KILL_GRACE))
+        if not claimed:
+            log.warning("execution %d attempt %d already claimed: not run again", eid, attempt)
+            return "duplicate"
+        active = _Active(keys, eid)
         if reason is not None:  # cancelled while it waited in the queue
-            outcome = make_outcome(launch, Result.CANCELLED, _text(reason), started_at, started_at)
+            outcome = make_outcome(eid, Result.CANCELLED, reason, started_at, started_at)
             self.monitor.finish(active, outcome, self.name)
             return "cancelled"
-        outcome = self._execute(launch, str(payload.get("python") or ""), active)
+        spool = self._spool(keys.namespace)
+        outcome = self._execute(bc.launch_of(payload), payload, active, spool)
         self.monitor.finish(active, outcome, self.name)
+        spool.release([eid])
         return "ran"
 
-    def _execute(self, launch: Launch, python: str, active: _Active) -> Outcome:
-        started_at = self._clock.now()
+    def _claim(
+        self, keys: bc.Keys, eid: int, attempt: int, at: datetime
+    ) -> tuple[bool, str | None]:
+        """Take the claim; also read a stop request left while it waited (one round trip).
+        The first heartbeat comes from the monitor; until then the claim stands for it."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(
+            keys.claim(eid, attempt), bc.claim_json(self.name, at), nx=True, ex=bc.KEEP_SECONDS
+        )
+        pipe.get(keys.cancel(eid))
+        claimed, reason = pipe.execute()
+        return bool(claimed), _text(reason) if reason is not None else None
+
+    def _spool(self, namespace: str) -> Spool:
+        if namespace not in self._spools:
+            self._spools[namespace] = Spool(self._spool_root / namespace)
+        return self._spools[namespace]
+
+    def _execute(
+        self, launch: Launch, payload: Mapping[str, Any], active: _Active, spool: Spool
+    ) -> Outcome:
+        eid, started_at = launch.execution_id, self._clock.now()
         try:
+            python = str(payload.get("python") or "")
             if python:
                 from scheduler.dispatcher import python_worker  # only workers that need it
 
-                callable_launch = _with_callable(launch, python_worker(python))
-                result, msg, meta = call_python(callable_launch)
-                return make_outcome(launch, result, msg, started_at, self._clock.now(), meta=meta)
-            waker = Worker()
+                result, msg, meta = call_python(replace(launch, callable=python_worker(python)))
+                return make_outcome(eid, result, msg, started_at, self._clock.now(), meta=meta)
+            waker = Waker()
             try:
-                active.run = Run(waker.wake_w, DEFAULT_KILL_GRACE)
+                active.run = Run(eid, spool, waker.wake_w, DEFAULT_KILL_GRACE)
                 self.monitor.add(active)
+                caps = Caps(*payload["caps"])
                 return run_command(
-                    launch, active.run, waker, self._clock.now, DEFAULT_LOG_CAP, _ignore_start
+                    launch, active.run, spool, waker, self._clock.now, caps, _ignore_start
                 )
             finally:
                 waker.close()
         except Exception as exc:  # a bug or a bad payload must still end the execution
-            log.exception("worker failure on execution %d", launch.execution_id)
+            log.exception("worker failure on execution %d", eid)
             msg = f"worker failure: {type(exc).__name__}: {exc}"
-            return make_outcome(launch, Result.ERROR, msg, started_at, self._clock.now())
+            return make_outcome(eid, Result.ERROR, msg, started_at, self._clock.now())
 
     def close(self) -> None:
         self.monitor.close()
 
 
-def _ignore_start(_pid: int | None, _at: object) -> None:
+def _ignore_start(_pid: int | None, _at: datetime) -> None:
     """The claim already told the scheduler when the execution started."""
-
-
-def _with_callable(launch: Launch, function: Any) -> Launch:
-    from dataclasses import replace
-
-    return replace(launch, callable=function)
 
 
 def register(app: Celery, runner: PhaseRunner) -> None:
@@ -246,11 +272,13 @@ def register(app: Celery, runner: PhaseRunner) -> None:
         return runner.run(payload)
 
 
-def serve(config: ExecutorConfig, queues: Sequence[str], concurrency: int, verbose: int) -> int:
-    """Run a Celery worker for ``queues`` until it is told to stop; returns its exit code."""
-    app = make_app(config.broker)
-    client = redis.Redis.from_url(config.backchannel_url)
-    runner = PhaseRunner(client)
+def serve(config: Config, queues: Sequence[str], concurrency: int, verbose: int) -> int:
+    """Run a Celery worker for ``queues`` until it is told to stop; returns its exit code.
+
+    Receipts go to ``<spool>/worker/<namespace>/`` (``[scheduler] spool``)."""
+    app = make_app(config.executor.broker)
+    client = redis.Redis.from_url(config.executor.backchannel_url)
+    runner = PhaseRunner(client, config.spool_dir / "worker")
     register(app, runner)
     level = ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
     argv = [

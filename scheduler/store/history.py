@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Insert, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Insert, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from scheduler.store.schema import alerts, execution_logs, executions, phase_state
@@ -145,6 +145,7 @@ class Execution:
         *,
         attempt: int | None = None,
         meta: Mapping[str, str] | None = None,
+        trigger: Trigger = Trigger.RETRY,
     ) -> NewExecution:
         """Another attempt of this execution: same chain, phase, task time, command and meta
         (unless ``meta`` is given); the next attempt number unless ``attempt`` is."""
@@ -153,7 +154,7 @@ class Execution:
             file_path=self.file_path,
             task=self.task,
             task_time=self.task_time,
-            trigger=Trigger.RETRY,
+            trigger=trigger,
             info=self.info,
             meta=dict(self.meta if meta is None else meta),
             not_before=not_before,
@@ -348,6 +349,22 @@ def insert_logs(conn: Connection, lines: Sequence[LogRow]) -> None:
                 }
                 for x in lines
             ],
+        )
+
+
+def delete_logs(conn: Connection, execution_ids: Sequence[int]) -> None:
+    """Forget the stored output of these executions (recovery stores their full output anew)."""
+    if execution_ids:
+        conn.execute(delete(execution_logs).where(execution_logs.c.execution_id.in_(execution_ids)))
+
+
+def requeue(conn: Connection, execution_ids: Sequence[int]) -> None:
+    """Put running executions that provably never started back in the queue, untouched."""
+    if execution_ids:
+        conn.execute(
+            update(executions)
+            .where(executions.c.id.in_(execution_ids), executions.c.status == Status.RUNNING.value)
+            .values(status=Status.QUEUED.value, started_at=None, pid=None)
         )
 
 

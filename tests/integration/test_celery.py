@@ -278,6 +278,7 @@ def test_a_message_delivered_twice_runs_the_command_once(
     tmp_path: Path, redis_url: str, workers: Workers, executor_for: Callable[[Path], Any]
 ) -> None:
     # Given two workers on one queue and a launch whose command appends to a file
+    from scheduler.executors import Caps
     from scheduler.executors import backchannel as bc
     from scheduler.executors.worker import make_app
 
@@ -290,7 +291,7 @@ def test_a_message_delivered_twice_runs_the_command_once(
 
     # When it is submitted and the very same message (same task id) is sent again
     executor.submit(launch)
-    payload = bc.launch_payload(launch, executor.namespace, "dup")
+    payload = bc.launch_payload(launch, executor.namespace, "dup", Caps())
     app = make_app(redis_url)
     app.send_task(bc.TASK_NAME, args=[payload], queue="dup",
                   task_id=bc.task_id(executor.namespace, 7, 1))
