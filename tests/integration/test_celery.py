@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from scheduler.store.db import Database
 from scheduler.store.schema import execution_logs, executions
+from scheduler.tasktime import iso
 from tests.conftest import make_site
 
 PY = sys.executable
@@ -358,3 +359,66 @@ def test_output_of_a_remote_execution_arrives_while_it_runs(
     assert outcome.result.value == "complete"
     assert "second" in [x.line for x in outcome.logs]
     assert "first" not in [x.line for x in outcome.logs]
+
+
+def test_a_scheduler_killed_while_workers_run_records_every_outcome_once(
+    tmp_path: Path, redis_url: str, workers: Workers
+) -> None:
+    # Given two quick and two slow phases on queue `kill`, each with a child, and a phase on
+    # queue `kill-late`, which has no worker yet; every command notes its start and its end
+    def phase(task: str, sleep: float, queue: str) -> str:
+        note = f"sh -c 'echo start:{task} >> runs.txt; sleep {sleep}; echo end:{task} >> runs.txt'"
+        return (
+            f'[[phase]]\ntask = "{task}"\nrule = "cron=0 0 1 1 *"\ntemplate = "{note}"\n'
+            f'[[phase]]\ntask = "{task}-child"\ndepends_on = "{task}"\n'
+            f'template = "sh -c \'echo start:{task}-child >> runs.txt\'"\n'
+        )
+
+    parents = {"quick1": 0.5, "quick2": 0.5, "slow1": 4, "slow2": 4, "late": 0.1}
+    workflow = "".join(phase(t, s, "") for t, s in parents.items())
+    settings = "".join(
+        f'[workers."{t}"]\nqueue = "{"kill-late" if t == "late" else "kill"}"\n'
+        for t in parents
+    ) + "".join(f'[workers."{t}-child"]\nqueue = "kill"\n' for t in parents)
+    config = celery_site(tmp_path, redis_url, workflow, settings)
+    workers(config, "w1", "kill", concurrency=5)
+    for task in parents:
+        assert cli(config, "trigger", task).returncode == 0
+    runs = tmp_path / "runs.txt"
+    first = subprocess.Popen(
+        [PY, "-m", "scheduler", "run", "--config", str(config)], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        # When the scheduler is killed with -9 once the four have started, and the quick ones
+        # end while no scheduler runs
+        wait_for(lambda: {f"start:{t}" for t in parents if t != "late"} <= set(lines(runs)))
+        first.kill()
+        first.wait()
+        wait_for(lambda: {"end:quick1", "end:quick2"} <= set(lines(runs)))
+        assert "end:slow1" not in lines(runs)
+
+        # Then a restarted scheduler records the ended ones, adopts the running ones, sends the
+        # unclaimed one again; once its worker comes, everything ends, each command ran once
+        restarted = iso(datetime.now(UTC))
+        second = subprocess.Popen(
+            [PY, "-m", "scheduler", "run", "--once", "--config", str(config)], cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        workers(config, "w2", "kill-late")
+        _out, err = second.communicate(timeout=60)
+    finally:
+        for proc in (first, locals().get("second")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert second.returncode == 0, err
+    found = rows(config)
+    assert sorted(r.task for r in found) == sorted([*parents, *(f"{t}-child" for t in parents)])
+    assert {r.status for r in found} == {"complete"}
+    ran = lines(runs)
+    assert sorted(x for x in ran if x.startswith("start:")) == sorted(
+        [*(f"start:{t}" for t in parents), *(f"start:{t}-child" for t in parents)]
+    )
+    quick = next(r for r in found if r.task == "quick1")
+    assert quick.ended_at < restarted  # its true end, not the moment it was recovered
