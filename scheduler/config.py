@@ -294,6 +294,7 @@ def _alerts(reader: _Reader, table: Mapping[str, Any]) -> AlertsConfig:
     return AlertsConfig(**values)
 
 
+MIN_HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 _BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")
 _REDIS_SCHEMES = ("redis://", "rediss://")
 
@@ -309,6 +310,8 @@ def _executor(reader: _Reader, table: Mapping[str, Any]) -> ExecutorConfig:
         raise reader.fail("executor.kind", 'must be "local" or "celery"')
     if "heartbeat_timeout" in table:
         timeout = reader.duration("executor.heartbeat_timeout", table["heartbeat_timeout"])
+        if timeout < MIN_HEARTBEAT_TIMEOUT:  # workers beat every second: allow a few misses
+            raise reader.fail("executor.heartbeat_timeout", "must be at least 3s")
         values["heartbeat_timeout"] = timeout
     config = ExecutorConfig(**values)
     # Only the scheme is named in errors: a URL may carry a password.

@@ -50,6 +50,7 @@ def test_executor_table_is_read(tmp_path: Path) -> None:
         ("[executor]\nqueue = 'x'\n", "executor.queue: unknown key"),
         ("[executor]\nbroker = 'http://x'\n", "executor.broker: must be a redis://"),
         ("[executor]\nheartbeat_timeout = '0s'\n", "executor.heartbeat_timeout: must be"),
+        ("[executor]\nheartbeat_timeout = '2s'\n", "heartbeat_timeout: must be at least 3s"),
         ("[executor]\nbroker = 'amqp://u:secret@mq//'\n", "executor.broker: workers report back"),
         (
             "[executor]\nbroker = 'amqp://mq//'\nbackchannel = 'amqp://u:secret@mq//'\n",

@@ -78,6 +78,14 @@ class _Flight:
     beat: int | None = None
     beat_seen: float = 0.0  # monotonic time the beat last changed (or the claim was first seen)
     cursor: int = 0  # log batches already read
+    seq: int = 0  # the highest line number handed out (a batch pushed twice is dropped)
+
+    def fresh(self, lines: list[LogLine]) -> list[LogLine]:
+        """The lines not handed out yet, noting them as handed out."""
+        new = [x for x in lines if x.seq > self.seq]
+        if new:
+            self.seq = new[-1].seq
+        return new
 
 
 class CeleryExecutor:
@@ -170,6 +178,8 @@ class CeleryExecutor:
         claim = json.dumps({"cancel": reason})
         key = self._keys.claim(execution_id, flight.attempt)
         if self._redis.set(key, claim, nx=True, ex=bc.KEEP_SECONDS):
+            with self._lock:  # not sent yet: no need to send it at all
+                self._outbox = [p for p in self._outbox if p["execution_id"] != execution_id]
             at = self._now()
             self._publish(
                 Outcome(execution_id, Result.CANCELLED, reason, None, {}, at, at, (), None)
@@ -237,7 +247,8 @@ class CeleryExecutor:
         if ended is not None:
             batches = self._redis.lrange(self._keys.logs(eid), 0, -1)
             outcome = bc.outcome_of(ended).outcome
-            recovery.outcomes.append(replace(outcome, logs=tuple(bc.lines_of(eid, batches))))
+            logs = _Flight(0).fresh(bc.lines_of(eid, batches))
+            recovery.outcomes.append(replace(outcome, logs=tuple(logs)))
             recovery.reparsed.append(eid)
             return
         if sent is None:
@@ -339,6 +350,9 @@ class CeleryExecutor:
             except redis.RedisError as exc:
                 log.warning("backchannel unreachable: %s", bc.redact(str(exc)))
                 self._stop.wait(self._sweep)
+            except Exception:  # a bug or a malformed entry must not end the listening for good
+                log.exception("celery executor: listener failure")
+                self._stop.wait(self._sweep)
 
     def _take_done(self, wait: float) -> None:
         item = self._redis.blpop([self._keys.done], timeout=wait)
@@ -360,7 +374,7 @@ class CeleryExecutor:
         logs: list[LogLine] = []
         if ended.batches > flight.cursor:
             batches = self._redis.lrange(self._keys.logs(eid), flight.cursor, -1)
-            logs = bc.lines_of(eid, batches)
+            logs = flight.fresh(bc.lines_of(eid, batches))
         self._publish(ended.outcome, logs)
 
     def _sweep_flights(self) -> None:
@@ -399,7 +413,7 @@ class CeleryExecutor:
                 self._lines.append(LogLine(eid, 0, self._now(), "system", f"worker {worker}"))
             if batches:
                 flight.cursor += len(batches)
-                self._lines.extend(bc.lines_of(eid, batches))
+                self._lines.extend(flight.fresh(bc.lines_of(eid, batches)))
             value = int(beat) if beat is not None else None
             if value != flight.beat:
                 flight.beat, flight.beat_seen = value, now

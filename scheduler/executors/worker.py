@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from celery.signals import worker_ready
 from scheduler.clock import SystemClock
 from scheduler.config import Config
 from scheduler.executors import backchannel as bc
-from scheduler.executors.base import Launch, Outcome, Result, make_outcome
+from scheduler.executors.base import Launch, LogLine, Outcome, Result, make_outcome
 from scheduler.executors.command import DEFAULT_KILL_GRACE, Run, Waker, run_command
 from scheduler.executors.inprocess import call_python
 from scheduler.executors.output import Caps
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 READY = "tomlflow worker ready"
 BEAT_EVERY = 1.0  # seconds between heartbeats, output pushes and stop checks
 _BACKCHANNEL_RETRY = 1.0  # pause before handing a message back when Redis cannot be reached
+_REPORT_TRIES = 10  # an outcome is retried this many times, _BACKCHANNEL_RETRY apart
 
 
 def make_app(broker: str) -> Celery:
@@ -84,6 +85,7 @@ class _Active:
     execution_id: int
     run: Run | None = None
     batches: int = 0  # log batches pushed so far
+    pending: list[LogLine] = field(default_factory=list)  # taken, not pushed yet
 
 
 class Monitor:
@@ -107,7 +109,17 @@ class Monitor:
         """Stop watching ``active`` and store its last output and its outcome, in one step."""
         with self._lock:  # so no beat pushes a batch of it after the outcome
             self._active.pop(active.execution_id, None)
-        _report(self._redis, active, outcome, worker)
+        for attempt in range(_REPORT_TRIES):
+            try:
+                _report(self._redis, active, outcome, worker)
+                return
+            except redis.RedisError as exc:
+                log.warning(
+                    "cannot store outcome of %d (try %d): %s", active.execution_id, attempt + 1, exc
+                )
+                time.sleep(_BACKCHANNEL_RETRY)
+        # The scheduler will close it as a lost worker once the heartbeat timeout passes.
+        log.error("outcome of execution %d lost: backchannel unreachable", active.execution_id)
 
     def close(self) -> None:
         self._closed.set()
@@ -133,6 +145,9 @@ class Monitor:
             for active in actives:  # last, so their replies are the last ones
                 pipe.get(active.keys.cancel(active.execution_id))
             replies = pipe.execute()
+            for active in actives:
+                if active.pending:
+                    active.pending, active.batches = [], active.batches + 1
         for active, reason in zip(actives, replies[-len(actives) :], strict=True):
             if reason is not None and active.run is not None:
                 active.run.stop(Result.CANCELLED, _text(reason))
@@ -143,16 +158,15 @@ class Monitor:
         pipe.incr(keys.beat(eid))
         pipe.expire(keys.beat(eid), bc.KEEP_SECONDS)
         output = active.run.output if active.run else None
-        lines = output.take() if output else []
-        if lines:
-            pipe.rpush(keys.logs(eid), bc.lines_json(lines))
+        active.pending += output.take() if output else []
+        if active.pending:  # kept until pushed: a failed beat loses no line
+            pipe.rpush(keys.logs(eid), bc.lines_json(active.pending))
             pipe.expire(keys.logs(eid), bc.KEEP_SECONDS)
-            active.batches += 1
 
 
 def _report(client: redis.Redis, active: _Active, outcome: Outcome, worker: str) -> None:
     keys, eid = active.keys, active.execution_id
-    lines = list(outcome.logs)
+    lines = [*active.pending, *outcome.logs]
     batches = active.batches + (1 if lines else 0)
     text = bc.outcome_json(outcome, batches, worker)
     pipe = client.pipeline(transaction=True)

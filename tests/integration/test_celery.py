@@ -203,12 +203,12 @@ def test_a_dag_runs_across_two_workers_on_two_queues(
 def test_a_worker_killed_mid_task_is_closed_as_lost_and_retried(
     tmp_path: Path, redis_url: str, workers: Workers
 ) -> None:
-    # Given a phase with one retry on queue `lost`, a 1 s heartbeat timeout and one worker
+    # Given a phase with one retry on queue `lost`, a 3 s heartbeat timeout and one worker
     workflow = (
         '[[phase]]\ntask = "slow"\nrule = "cron=0 0 1 1 *"\nretry = 1\n'
         f'template = "{NOTE.format(rest="; sleep 2")}"\n'
     )
-    settings = 'heartbeat_timeout = "1s"\n[workers."slow"]\nqueue = "lost"\n'
+    settings = 'heartbeat_timeout = "3s"\n[workers."slow"]\nqueue = "lost"\n'
     config = celery_site(tmp_path, redis_url, workflow, settings)
     first = workers(config, "w1", "lost")
     assert cli(config, "trigger", "slow").returncode == 0
@@ -232,7 +232,7 @@ def test_a_worker_killed_mid_task_is_closed_as_lost_and_retried(
     # Then the first attempt ends as a lost worker, the retry runs (once) on the new worker
     assert scheduler.returncode == 0, err
     first_row, retry = rows(config)
-    assert (first_row.status, first_row.msg) == ("error", "worker lost: no heartbeat for 1s")
+    assert (first_row.status, first_row.msg) == ("error", "worker lost: no heartbeat for 3s")
     assert (retry.attempt, retry.status) == (2, "complete")
     assert lines(tmp_path / "runs.txt") == ["slow:1:w1", "slow:2:w2"]
 
