@@ -20,6 +20,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,7 @@ PhaseKey = tuple[str, str]
 IDLE_POLL = timedelta(seconds=1)  # how often an idle daemon looks for rows queued by others
 PRUNE_EVERY = timedelta(days=1)
 WATCH_EVERY = timedelta(seconds=2)  # a scan of a few thousand files costs ~20 ms
+CANCEL_POLL = 0.5  # seconds between looks for user cancels while something runs
 _CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
 
 
@@ -127,6 +129,8 @@ class Engine:
         self.notifier = notify.AlertThread(notify.Notifier(db, config.alerts))
         self.watcher: FolderWatcher | None = None  # seeded from the database at its first poll
         self._next_watch: datetime | None = None
+        self._cancelling: set[int] = set()  # user cancels handed to the executor
+        self._next_cancel_poll = 0.0  # monotonic
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -149,9 +153,13 @@ class Engine:
                 self._record_watched(conn, found, now)
             claimed = self._record(conn, snapshot, outcomes, started, now, report)
             history.insert_logs(conn, [_log_row(x) for x in live])
+            cancels = self._poll_cancels(conn)
             launches = self._launch(conn, snapshot, claimed, now, report)
             launches += self._claim(conn, snapshot, now, report)
         self.executor.release(o.execution_id for o in outcomes)  # only now that they are stored
+        for execution_id in cancels:
+            self._cancelling.add(execution_id)
+            self.executor.cancel(execution_id, history.USER_CANCEL)
         if found is not None and self.watcher is not None:
             self.watcher.advance(found.poll)  # only now that its diff is stored
         for launch in launches:
@@ -265,6 +273,9 @@ class Engine:
         finishes: list[Finish] = []
         logs: list[LogRow] = []
         follow = FollowUp()
+        cancelled = [o.execution_id for o in outcomes if o.execution_id in self._cancelling]
+        self._cancelling.difference_update(cancelled)
+        history.clear_cancel_requests(conn, cancelled)
         for outcome in outcomes:
             execution = self._running.pop(outcome.execution_id, None)
             if execution is None:
@@ -342,6 +353,16 @@ class Engine:
             meta,
         )
         return finish, released
+
+    def _poll_cancels(self, conn: Connection) -> list[int]:
+        """Running executions a user asked to cancel (``tomlflow cancel``), read at most every
+        CANCEL_POLL and only while something runs; requests for ended ones are dropped."""
+        if not self._running or time.monotonic() < self._next_cancel_poll:
+            return []
+        self._next_cancel_poll = time.monotonic() + CANCEL_POLL
+        requested = history.cancel_requested(conn)
+        history.clear_cancel_requests(conn, [i for i in requested if i not in self._running])
+        return [i for i in requested if i in self._running and i not in self._cancelling]
 
     # -- claiming and launching ---------------------------------------------------------------
 
@@ -453,7 +474,8 @@ class Engine:
             replaced = lease.acquire(conn, now)
             if replaced is not None:
                 log.warning("took over the lease of pid %d on %s", replaced.pid, replaced.host)
-            orphans = history.running_executions(conn)
+            # Executions this engine already runs (it ticked before it started) are not orphans.
+            orphans = [e for e in history.running_executions(conn) if e.id not in self._running]
         self._heartbeat = now
         local = replaced is None or replaced.host == socket.gethostname()
         self._recover(snapshot, orphans, local)

@@ -17,10 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from scheduler.executors.base import USER_CANCEL
 from scheduler.planner import base_meta, new_rows
 from scheduler.retry import retry_delay
-from scheduler.store.history import Execution, NewAlert, NewExecution, Status, Trigger
+from scheduler.store.history import (
+    USER_CANCEL,
+    Execution,
+    NewAlert,
+    NewExecution,
+    Status,
+    Trigger,
+)
 from scheduler.validation import PhaseSpec
 
 

@@ -204,3 +204,72 @@ def test_sighup_refreshes_an_edited_workflow_file(site: Path, daemons) -> None:
         return "added" in tasks
 
     wait_for(phase_added, timeout=10)
+
+
+def chains(width: int, length: int, seconds: float) -> str:
+    """A root and ``width`` chains of ``length`` links below it; every phase sleeps a while."""
+    text = f'[[phase]]\ntask = "root"\nrule = "cron=0 0 1 1 *"\ntemplate = "sleep {seconds}"\n'
+    for c in range(width):
+        for link in range(length):
+            parent = f"c{c}l{link - 1}" if link else "root"
+            text += (
+                f'\n[[phase]]\ntask = "c{c}l{link}"\ndepends_on = "{parent}"\n'
+                f'template = "sleep {seconds}"\n'
+            )
+    return text
+
+
+def test_kill_9_loop_loses_nothing_and_runs_nothing_twice(tmp_path: Path) -> None:
+    # Given 21 phases (a root and four chains of five) that each sleep 0.1 s, on 4 workers
+    site = make_site(
+        tmp_path / "loop",
+        {"w.toml": chains(4, 5, 0.1)},
+        'refresh = "1h"\nmax_workers = 4\nshutdown_grace = "500ms"\n',
+    )
+    config = ["--config", str(site / "tomlflow.toml")]
+    assert cli(site, "trigger", "root").returncode == 0
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [PY, "-m", "scheduler", "run", *config],
+            cwd=site, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        started.append(proc)
+        return proc
+
+    started: list[subprocess.Popen[str]] = []
+    try:
+        # When the daemon is killed with -9 three times while commands run, and restarted
+        for kills in range(3):
+            daemon = start()
+
+            def busy(done: int = kills * 4) -> bool:
+                """commands running after some progress"""
+                found = rows(site)
+                finished = sum(r.status == "complete" for r in found)
+                return finished >= done and any(r.status == "running" for r in found)
+
+            wait_for(busy, timeout=20)
+            daemon.kill()
+            daemon.wait()
+        start()
+
+        def settled() -> bool:
+            """every phase complete and nothing running or queued"""
+            found = rows(site)
+            return len({r.task for r in found}) == 21 and all(
+                r.status not in ("running", "queued") for r in found
+            )
+
+        wait_for(settled, timeout=30)
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+    # Then every phase completed exactly once, with no error and nothing stuck
+    found = rows(site)
+    assert sorted(r.task for r in found) == sorted({r.task for r in found})  # one row per phase
+    assert {r.status for r in found} == {"complete"}
+    assert {r.attempt for r in found} == {1}

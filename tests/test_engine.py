@@ -498,6 +498,46 @@ def test_logs_are_recorded_per_execution(
     assert sorted((x.stream, x.line) for x in lines) == [("stderr", "err"), ("stdout", "out")]
 
 
+def test_output_reaches_the_logs_while_the_command_runs(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    write_workflow(
+        "live.toml",
+        f"""
+        [[phase]]
+        task = "live"
+        rule = "cron=0 * * * *"
+        template = "sh -c 'echo first; while [ ! -e {go} ]; do sleep 0.02; done; echo second'"
+    """,
+    )
+    engine = engine_for()
+    engine.tick(clock.now())
+    clock.current = at("2024-01-02T13:00:00")
+    engine.tick(clock.now())
+
+    def stored() -> list[str]:
+        with db.read() as conn:
+            return [x.line for x in history.execution_logs_of(conn, all_rows(db)[0].id)]
+
+    deadline = time.monotonic() + 10
+    while stored() != ["first"]:  # a tick stores what the running command printed so far
+        assert time.monotonic() < deadline
+        engine.wait(clock.now() + timedelta(milliseconds=100))
+        engine.tick(clock.now())
+    assert all_rows(db)[0].status is Status.RUNNING
+
+    go.touch()
+    while all_rows(db)[0].status is Status.RUNNING:
+        assert time.monotonic() < deadline
+        engine.wait(clock.now() + timedelta(milliseconds=100))
+        engine.tick(clock.now())
+
+    with db.read() as conn:
+        logs = history.execution_logs_of(conn, all_rows(db)[0].id)
+    assert [(x.seq, x.line) for x in logs] == [(1, "first"), (2, "second")]
+
+
 def test_daemon_prunes_executions_older_than_the_retention(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:

@@ -192,6 +192,66 @@ def test_line_cap_keeps_first_and_last_halves_and_honours_events() -> None:
     assert [x.seq for x in outcome.logs] == [1, 2, 3, 4, 5, 6]
 
 
+def test_byte_cap_keeps_first_and_last_halves_by_size() -> None:
+    # 100 lines of 99 characters + newline = 10,000 bytes, against a 2,000-byte cap
+    executor = LocalExecutor(max_workers=1, now=clock, caps=Caps(bytes=2_000))
+    try:
+        outcome = run_one(executor, py("for i in range(100): print(f'{i:02d}' + 'x' * 97)"))
+    finally:
+        executor.shutdown(grace=0)
+
+    kept = lines(outcome)
+    assert [x[:2] for x in kept[:10]] == [f"{i:02d}" for i in range(10)]
+    assert kept[10] == "... 80 lines (8 KB) omitted ..."
+    assert [x[:2] for x in kept[11:]] == [f"{i:02d}" for i in range(90, 100)]
+
+
+def test_a_50_mb_line_is_cut_and_never_stored_whole() -> None:
+    executor = LocalExecutor(max_workers=1, now=clock, caps=Caps(line=65_536))
+    code = "import sys; sys.stdout.write('y' * 50_000_000 + '\\nnext\\n')"
+    try:
+        outcome = run_one(executor, py(code))
+    finally:
+        executor.shutdown(grace=0)
+
+    first, second = lines(outcome)
+    assert first == "y" * 65_536 + " ... [line cut: 50 MB more]"
+    assert second == "next"
+
+
+def test_timeout_kills_a_setsid_grandchild_through_its_environment(local: LocalExecutor) -> None:
+    # A grandchild in a session of its own escapes the process group, not the execution's tag
+    code = "setsid sleep 30 & echo $!; sleep 30"
+
+    outcome = run_one(local, launch(1, code, shell=True, timeout=timedelta(milliseconds=500)))
+
+    assert (outcome.result, outcome.msg) == (Result.ERROR, "timeout after 500ms")
+    assert wait_gone(int(lines(outcome, "stdout")[0]))
+
+
+def test_cancel_kills_a_setsid_grandchild_too(local: LocalExecutor) -> None:
+    local.submit(launch(4, "setsid sleep 30 & echo $!; sleep 30", shell=True))
+    while not (local.spool.has_output(4) and Path(local.spool.prefix(4) + ".out").read_text()):
+        time.sleep(0.01)
+    grandchild = int(Path(local.spool.prefix(4) + ".out").read_text())
+
+    local.cancel(4, "cancelled by user")
+    [outcome] = local.collect(timeout=5)
+
+    assert (outcome.result, outcome.msg) == (Result.CANCELLED, "cancelled by user")
+    assert wait_gone(grandchild)
+
+
+def test_a_shell_exit_still_leaves_a_receipt(local: LocalExecutor) -> None:
+    outcome = run_one(local, launch(1, "echo before; exit 7; echo after", shell=True))
+
+    assert (outcome.result, outcome.exit_code, lines(outcome)) == (
+        Result.ERROR,
+        7,
+        ["before"],
+    )
+
+
 # --- environment, shell, start failures ----------------------------------------------------
 
 

@@ -91,7 +91,13 @@ def spool_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def config(db: Database, workflow_dir: Path, spool_dir: Path) -> Config:
-    return Config(workflows=workflow_dir, database=db.url, max_workers=4, spool=spool_dir)
+    return Config(
+        workflows=workflow_dir,
+        database=db.url,
+        max_workers=4,
+        spool=spool_dir,
+        shutdown_grace=timedelta(0),
+    )
 
 
 @pytest.fixture
@@ -408,3 +414,25 @@ def test_a_shutdown_requeues_what_ran_as_it_was_and_spends_no_retry(
         cancelled.task_time,
         cancelled.meta,
     )
+
+
+def test_an_adopted_command_can_be_cancelled_by_a_user(
+    write_workflow: WriteWorkflow,
+    dead: Dying,
+    restarted,
+    config: Config,
+    db: Database,
+    clock: ManualClock,
+) -> None:
+    write_workflow("w.toml", job("sleep 30"))
+    row = run_and_die(dead, config, db, clock)
+    engine = restarted()
+    engine.start()
+    with db.write() as conn:
+        assert history.request_cancel(conn, row.id, clock.now())[0] is history.Cancel.REQUESTED
+
+    run_to_end(engine, db, clock)
+
+    [first] = rows(db)  # no retry, no child, not queued again
+    assert (first.status, first.msg) == (Status.CANCELLED, history.USER_CANCEL)
+    assert not alive(row.pid)

@@ -212,7 +212,7 @@ def test_version_5_database_gets_file_reports_and_the_watched_state(db: Database
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version > 5))
     assert db.version() == 5
     # when migrated, then it is at version 6 with the tables and their indexes
-    assert db.migrate() == 6 == len(MIGRATIONS)
+    assert db.migrate() == len(MIGRATIONS)
     with db.read() as conn:
         found = inspect(conn)
         assert {"file_reports", "watched_roots", "watched_files"} <= set(found.get_table_names())
@@ -234,3 +234,19 @@ def test_version_5_database_gets_file_reports_and_the_watched_state(db: Database
         )
     with db.read() as conn:
         assert conn.scalar(select(schema.file_reports.c.queued)) == 0
+
+
+def test_version_6_database_gets_the_cancel_requests_table(db: Database) -> None:
+    with db.write() as conn:
+        schema.cancel_requests.drop(conn)
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version > 6))
+    assert db.version() == 6
+
+    assert db.migrate() == len(MIGRATIONS)
+
+    with db.read() as conn:
+        found = inspect(conn)
+        assert "cancel_requests" in found.get_table_names()
+        assert found.get_pk_constraint("cancel_requests")["constrained_columns"] == [
+            "execution_id"
+        ]

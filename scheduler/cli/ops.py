@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -178,6 +179,42 @@ def retry(execution_id: int, downstream: bool, config_path: str | None, as_json:
     return ExitCode.OK
 
 
+@click.command()
+@click.argument("execution_id", type=int)
+@config_option
+@json_option
+def cancel(execution_id: int, config_path: str | None, as_json: bool) -> int:
+    """Cancel an execution: a queued one at once, a running one through the scheduler running
+    it (its whole process tree is killed, as a timeout does, within a second or so).
+
+    Recorded cancelled with msg "cancelled by user"; it releases no children and no retry.
+    Exit 1 when it had already ended, 2 when there is no such execution.
+    """
+    with open_app(config_path) as app, app.db.write() as conn:
+        outcome, execution = history.request_cancel(
+            conn, execution_id, datetime.now(UTC), _os_user()
+        )
+    if outcome is history.Cancel.UNKNOWN or execution is None:
+        raise TomlflowError(f"no execution with id {execution_id}")
+    if as_json:
+        print_json({"execution_id": execution_id, "task": execution.task, "cancel": outcome.value})
+    else:
+        said = {
+            history.Cancel.CANCELLED: "cancelled (it was queued)",
+            history.Cancel.REQUESTED: "running: the scheduler will cancel it",
+            history.Cancel.ENDED: f"already ended ({execution.status.value}): nothing to cancel",
+        }[outcome]
+        out_console().print(f"execution {execution_id} {execution.task}: {said}", markup=False)
+    return ExitCode.FAILED if outcome is history.Cancel.ENDED else ExitCode.OK
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return ""
+
+
 def _set_paused(task: str, file_path: str | None, config_path: str | None, paused: bool) -> int:
     with open_app(config_path) as app:
         spec = find_phase(app, task, file_path)
@@ -256,4 +293,4 @@ def _age(text: str) -> timedelta:
     return age
 
 
-COMMANDS = [backfill, retry, pause, resume, prune]
+COMMANDS = [backfill, retry, cancel, pause, resume, prune]

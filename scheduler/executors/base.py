@@ -28,10 +28,6 @@ class Result(StrEnum):
     CANCELLED = "cancelled"
 
 
-USER_CANCEL = "cancelled by user"
-"""The msg of an execution a user cancelled: unlike a shutdown's cancel, nothing follows it."""
-
-
 @dataclass(frozen=True)
 class Reply:
     """What an in-process callable may return instead of a bare ``Result``."""

@@ -146,7 +146,8 @@ class LocalExecutor:
     # -- recovery ---------------------------------------------------------------------------
 
     def recover(self, orphans: Sequence[Orphan], local: bool) -> Recovery:
-        swept = self.spool.sweep(o.execution_id for o in orphans)
+        ours = [run.execution_id for run in self._board.actives()]
+        swept = self.spool.sweep([*ours, *(o.execution_id for o in orphans)])
         if swept:
             log.info("deleted the receipts of %d executions no longer running", swept)
         recovery = Recovery()

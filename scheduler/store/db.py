@@ -84,6 +84,11 @@ def _file_reports_v6(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _cancel_requests_v7(conn: Connection) -> None:
+    """cancel_requests: a user's cancel of a running execution, until the scheduler acts."""
+    schema.cancel_requests.create(conn, checkfirst=True)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -92,6 +97,7 @@ MIGRATIONS: list[Migration] = [
     _lease_and_alert_index_v4,
     _phase_stats_v5,
     _file_reports_v6,
+    _cancel_requests_v7,
 ]
 
 

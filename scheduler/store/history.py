@@ -16,7 +16,13 @@ from typing import Any
 from sqlalchemy import Connection, Insert, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scheduler.store.schema import alerts, execution_logs, executions, phase_state
+from scheduler.store.schema import (
+    alerts,
+    cancel_requests,
+    execution_logs,
+    executions,
+    phase_state,
+)
 from scheduler.tasktime import from_iso, iso
 
 
@@ -30,6 +36,9 @@ class Status(StrEnum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
 
+
+USER_CANCEL = "cancelled by user"
+"""The msg of an execution a user cancelled: unlike a shutdown's cancel, nothing follows it."""
 
 FINISHED = frozenset(
     {Status.COMPLETE, Status.ERROR, Status.WARN, Status.ALERT, Status.SKIPPED, Status.CANCELLED}
@@ -531,3 +540,66 @@ def save_phase_states(conn: Connection, states: Sequence[PhaseState]) -> None:
 def paused_phases(conn: Connection) -> set[tuple[str, str]]:
     query = select(phase_state.c.file_path, phase_state.c.task).where(phase_state.c.paused == 1)
     return {(r.file_path, r.task) for r in conn.execute(query)}
+
+
+# -- cancel ----------------------------------------------------------------------------------------
+
+
+class Cancel(StrEnum):
+    """What ``request_cancel`` did."""
+
+    CANCELLED = "cancelled"  # it was queued: cancelled at once
+    REQUESTED = "requested"  # it is running: the scheduler running it will cancel it
+    ENDED = "ended"  # it had already ended: nothing to do
+    UNKNOWN = "unknown"  # no such execution
+
+
+def request_cancel(
+    conn: Connection, execution_id: int, now: datetime, by: str = ""
+) -> tuple[Cancel, Execution | None]:
+    """Cancel a queued execution now (``cancelled``, msg USER_CANCEL, nothing follows), or ask
+    the scheduler to cancel a running one (kept in ``cancel_requests`` until it has)."""
+    execution = get_execution(conn, execution_id)
+    if execution is None:
+        return Cancel.UNKNOWN, None
+    if execution.status is Status.QUEUED:
+        stamp = iso(now)
+        conn.execute(
+            update(executions)
+            .where(executions.c.id == execution_id, executions.c.status == Status.QUEUED.value)
+            .values(
+                status=Status.CANCELLED.value,
+                msg=USER_CANCEL,
+                started_at=stamp,
+                ended_at=stamp,
+                duration_seconds=0.0,
+            )
+        )
+        return Cancel.CANCELLED, execution
+    if execution.status is Status.RUNNING:
+        known = select(cancel_requests.c.execution_id).where(
+            cancel_requests.c.execution_id == execution_id
+        )
+        if conn.execute(known).first() is None:
+            conn.execute(
+                insert(cancel_requests).values(
+                    execution_id=execution_id, requested_at=iso(now), requested_by=by
+                )
+            )
+        return Cancel.REQUESTED, execution
+    return Cancel.ENDED, execution
+
+
+_CANCEL_REQUESTS = select(cancel_requests.c.execution_id)
+
+
+def cancel_requested(conn: Connection) -> list[int]:
+    """Ids of executions a user asked to cancel whose end is not recorded yet."""
+    return list(conn.execute(_CANCEL_REQUESTS).scalars())
+
+
+def clear_cancel_requests(conn: Connection, execution_ids: Sequence[int]) -> None:
+    if execution_ids:
+        conn.execute(
+            delete(cancel_requests).where(cancel_requests.c.execution_id.in_(execution_ids))
+        )

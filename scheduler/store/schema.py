@@ -201,6 +201,17 @@ watched_files = Table(
     PrimaryKeyConstraint("root", "path"),
 )
 
+# A user's request to cancel a running execution (``tomlflow cancel``), until the scheduler that
+# runs it has recorded its end. A table of its own, not a column, so the executions table (its
+# triggers, views and hot statements) is untouched, and a request is simply consumed.
+cancel_requests = Table(
+    "cancel_requests",
+    metadata,
+    Column("execution_id", Integer, primary_key=True, autoincrement=False),
+    Column("requested_at", String(32), nullable=False),
+    Column("requested_by", String(255), nullable=False, server_default=""),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
