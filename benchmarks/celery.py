@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -81,12 +82,26 @@ class Cluster:
                     sys.exit(f"worker failed to start:\n{log.read_text()}")
                 time.sleep(0.05)
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the redis-server and the workers (with their children)."""
+        total = 0
+        for proc in self.procs:
+            with open(f"/proc/{proc.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        return total / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         for proc in reversed(self.procs):
             proc.terminate()
         for proc in self.procs:
             proc.wait(timeout=30)
         self.tmp.cleanup()
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def celery_bench(workflow: str, url: str, in_flight: int) -> Bench:
@@ -144,10 +159,13 @@ def main() -> int:
     cluster = Cluster(args.concurrency)
     try:
         dag = fan_out_fan_in(width - 2, "true")
+        cpu_before = cluster.cpu_seconds() + _own_cpu()
         count, elapsed = run_dag(celery_bench(dag, cluster.url, args.in_flight))
+        cpu = (cluster.cpu_seconds() + _own_cpu() - cpu_before) / count * 1000
         rate = count / elapsed
         print(f"celery, 2 workers x {args.concurrency}: {count} `true` executions in "
-              f"{elapsed:.2f}s = {rate:,.0f} executions/s")
+              f"{elapsed:.2f}s = {rate:,.0f} executions/s; CPU {cpu:.2f} ms per execution "
+              f"(scheduler, workers, commands, redis)")
         local_count, local_elapsed = run_dag(Bench(dag, 4, python_worker=False))
         local_rate = local_count / local_elapsed
         overhead = (elapsed / count - local_elapsed / local_count) * 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -141,3 +142,19 @@ def test_an_outcome_and_its_lines_survive_the_wire() -> None:
     ended = bc.outcome_of(bc.outcome_json(outcome, 1, "w1"))
     assert (ended.outcome, ended.batches, ended.worker) == (outcome, 1, "w1")
     assert bc.lines_of(5, [bc.lines_json(lines)]) == lines
+
+
+def test_without_celery_installed_worker_and_run_say_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a configuration asking for Celery where Celery cannot be imported
+    text = '[scheduler]\ndatabase = "sqlite:///t.db"\n[executor]\nkind = "celery"\n'
+    path = config_of(tmp_path, text)
+    monkeypatch.setitem(sys.modules, "celery", None)  # `import celery` now raises ImportError
+    for name in ("scheduler.executors.celery", "scheduler.executors.worker"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    for command in ("worker", "run"):
+        # When the worker or the scheduler starts, then one line says what to install, exit 2
+        assert main([command, "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "pip install 'tomlflow[celery]'" in err and "Traceback" not in err

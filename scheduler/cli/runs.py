@@ -29,6 +29,7 @@ from scheduler.cli.common import (
     runnable_phase,
     short_time,
 )
+from scheduler.cli.worker import celery_executor
 from scheduler.clock import SystemClock
 from scheduler.engine import Engine, TickReport
 from scheduler.errors import TomlflowError
@@ -54,9 +55,7 @@ _STATUS_COLOURS = {
 def _engine(app: App) -> Iterator[Engine]:
     clock = SystemClock()
     if app.config.executor.kind == "celery":
-        from scheduler.executors.celery import CeleryExecutor  # loads Celery: only when used
-
-        executor: Executor = CeleryExecutor(app.config, clock.now)
+        executor: Executor = celery_executor(app.config, clock)
     else:
         executor = LocalExecutor.for_config(app.config, clock.now)
     yield Engine(app.config, app.db, executor, clock)

@@ -4,12 +4,17 @@ configuration and needs no database."""
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 import click
 
 from scheduler.cli.common import config_option
-from scheduler.config import load_config
+from scheduler.clock import Clock
+from scheduler.config import Config, load_config
+from scheduler.errors import ExecutorError
+from scheduler.executors import Executor
 from scheduler.executors.backchannel import DEFAULT_QUEUE, redact
 
 
@@ -41,13 +46,31 @@ def worker(
 ) -> int:
     """Run phases sent by the scheduler, as a Celery worker (until Ctrl-C)."""
     config = load_config(config_path)
-    from scheduler.executors import worker as celery_worker  # loads Celery: only when used
-
+    celery_worker = _celery_module("scheduler.executors.worker")
     slots = concurrency or os.cpu_count() or 2
     broker = redact(config.executor.broker)
     click.echo(f"worker: queues {', '.join(queues)}, {slots} at once, broker {broker}", err=True)
     verbose = ctx.find_root().params.get("verbose", 0)
-    return celery_worker.serve(config, queues, slots, verbose)
+    code: int = celery_worker.serve(config, queues, slots, verbose)
+    return code
+
+
+def _celery_module(name: str) -> ModuleType:
+    """Import a module that needs Celery (loaded only when used); a missing install is one
+    line saying what to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ExecutorError(
+            f"the celery executor needs Celery and redis: pip install 'tomlflow[celery]' ({exc})"
+        ) from None
+
+
+def celery_executor(config: Config, clock: Clock) -> Executor:
+    """The scheduler's executor for ``[executor] kind = "celery"``."""
+    module = _celery_module("scheduler.executors.celery")
+    executor: Executor = module.CeleryExecutor(config, clock.now)
+    return executor
 
 
 COMMANDS = [worker]
