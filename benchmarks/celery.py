@@ -99,6 +99,11 @@ class Cluster:
         self.tmp.cleanup()
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -159,18 +164,22 @@ def main() -> int:
     cluster = Cluster(args.concurrency)
     try:
         dag = fan_out_fan_in(width - 2, "true")
-        cpu_before = cluster.cpu_seconds() + _own_cpu()
+        others, own = cluster.cpu_seconds(), _own_cpu()
         count, elapsed = run_dag(celery_bench(dag, cluster.url, args.in_flight))
-        cpu = (cluster.cpu_seconds() + _own_cpu() - cpu_before) / count * 1000
+        others = (cluster.cpu_seconds() - others) / count * 1000
+        own = (_own_cpu() - own) / count * 1000
         rate = count / elapsed
         print(f"celery, 2 workers x {args.concurrency}: {count} `true` executions in "
-              f"{elapsed:.2f}s = {rate:,.0f} executions/s; CPU {cpu:.2f} ms per execution "
-              f"(scheduler, workers, commands, redis)")
+              f"{elapsed:.2f}s = {rate:,.0f} executions/s; CPU per execution: scheduler "
+              f"{own:.2f} ms, workers with their commands and redis {others:.2f} ms")
+        own_local = _own_cpu() + _children_cpu()
         local_count, local_elapsed = run_dag(Bench(dag, 4, python_worker=False))
+        own_local = (_own_cpu() + _children_cpu() - own_local) / local_count * 1000
         local_rate = local_count / local_elapsed
         overhead = (elapsed / count - local_elapsed / local_count) * 1000
         print(f"local, 4 workers: {local_count} executions in {local_elapsed:.2f}s = "
-              f"{local_rate:,.0f} executions/s; celery costs {overhead:+.2f} ms per execution")
+              f"{local_rate:,.0f} executions/s, CPU {own_local:.2f} ms per execution (scheduler "
+              f"and commands); celery costs {overhead:+.2f} ms per execution in wall time")
         gaps = chain_gaps(celery_bench(chain(links, "true"), cluster.url, args.in_flight))
         p50 = _pct(gaps, 50)
         print(f"celery chain of {links} `true` links: parent end → child start p50 {p50:.2f} ms, "

@@ -169,7 +169,10 @@ def _report(client: redis.Redis, active: _Active, outcome: Outcome, worker: str)
     lines = [*active.pending, *outcome.logs]
     batches = active.batches + (1 if lines else 0)
     text = bc.outcome_json(outcome, batches, worker)
-    pipe = client.pipeline(transaction=True)
+    # In order on one connection, so `done` never precedes the outcome and its lines; no
+    # MULTI needed: a worker dying halfway leaves at worst an outcome without its notice,
+    # which the scheduler finds when the heartbeat stops.
+    pipe = client.pipeline(transaction=False)
     if lines:
         pipe.rpush(keys.logs(eid), bc.lines_json(lines))
         pipe.expire(keys.logs(eid), bc.KEEP_SECONDS)
@@ -231,10 +234,9 @@ class PhaseRunner:
     ) -> tuple[bool, str | None]:
         """Take the claim; also read a stop request left while it waited (one round trip).
         The first heartbeat comes from the monitor; until then the claim stands for it."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(
-            keys.claim(eid, attempt), bc.claim_json(self.name, at), nx=True, ex=bc.KEEP_SECONDS
-        )
+        pipe = self._redis.pipeline(transaction=False)  # one connection: in order anyway
+        claim = bc.claim_json(self.name, at)
+        pipe.set(keys.claim(eid, attempt), claim, nx=True, ex=bc.KEEP_SECONDS)
         pipe.get(keys.cancel(eid))
         claimed, reason = pipe.execute()
         return bool(claimed), _text(reason) if reason is not None else None
