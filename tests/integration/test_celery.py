@@ -89,40 +89,63 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
 Workers = Callable[..., subprocess.Popen[bytes]]
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    """Start ``tomlflow worker`` processes; each is named by $WORKER_NAME in its commands' env."""
-    started: list[subprocess.Popen[bytes]] = []
+def start_worker(config: Path, log: Path, name: str, queues: str, concurrency: int) -> Any:
+    """A ``tomlflow worker`` for ``queues``, named by $WORKER_NAME in its commands' env, once
+    it says it is ready."""
+    env = {**os.environ, "WORKER_NAME": name}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [PY, "-m", "scheduler", "worker", "--config", str(config),
+             "--queues", queues, "--concurrency", str(concurrency)],
+            cwd=config.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
 
-    def start(config: Path, name: str, queues: str, concurrency: int = 2) -> Any:
-        log = tmp_path / f"worker-{name}.log"
-        env = {**os.environ, "WORKER_NAME": name}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [PY, "-m", "scheduler", "worker", "--config", str(config),
-                 "--queues", queues, "--concurrency", str(concurrency)],
-                cwd=config.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )
-        started.append(proc)
+    def ready() -> bool:
+        """the worker says it is ready"""
+        assert proc.poll() is None, log.read_text()
+        return "tomlflow worker ready" in log.read_text()
 
-        def ready() -> bool:
-            """the worker says it is ready"""
-            assert proc.poll() is None, log.read_text()
-            return "tomlflow worker ready" in log.read_text()
+    wait_for(ready)
+    return proc
 
-        wait_for(ready)
-        return proc
 
-    yield start
-    for proc in started:
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for proc in started:
+    for proc in procs:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Start workers of this test's own (stopped at its end)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(config: Path, name: str, queues: str, concurrency: int = 2) -> Any:
+        proc = start_worker(config, tmp_path / f"worker-{name}.log", name, queues, concurrency)
+        started.append(proc)
+        return proc
+
+    yield start
+    stop_workers(started)
+
+
+@pytest.fixture(scope="module")
+def pool(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One worker for the tests that drive the executor directly, reading queues dup, stop and
+    live with three slots; yields its log file."""
+    folder = tmp_path_factory.mktemp("pool")
+    config = folder / "tomlflow.toml"
+    config.write_text(f'[executor]\nkind = "celery"\nbroker = "{redis_url}"\n')
+    log = folder / "worker.log"
+    proc = start_worker(config, log, "pool", "dup,stop,live", 3)
+    yield log
+    stop_workers([proc])
 
 
 def celery_site(root: Path, redis_url: str, workflow: str, settings: str = "") -> Path:
@@ -291,17 +314,15 @@ def collect_one(executor: Any, timeout: float = 20) -> Any:
 
 
 def test_a_message_delivered_twice_runs_the_command_once(
-    tmp_path: Path, redis_url: str, workers: Workers, executor_for: Callable[[Path], Any]
+    tmp_path: Path, redis_url: str, pool: Path, executor_for: Callable[[Path], Any]
 ) -> None:
-    # Given two workers on one queue and a launch whose command appends to a file
+    # Given a worker with free slots on queue dup and a launch whose command appends to a file
     from scheduler.executors import Caps
     from scheduler.executors import backchannel as bc
     from scheduler.executors.worker import make_app
 
     settings = '[workers."dup"]\nqueue = "dup"\n'
     config = celery_site(tmp_path, redis_url, "", settings)
-    workers(config, "w1", "dup")
-    second = workers(config, "w2", "dup")
     executor = executor_for(config)
     launch = _launch(7, f"sh -c 'echo run >> {tmp_path / 'runs.txt'}; sleep 0.5'")
 
@@ -313,23 +334,21 @@ def test_a_message_delivered_twice_runs_the_command_once(
                   task_id=bc.task_id(executor.namespace, 7, 1))
     app.close()
 
-    # Then one outcome comes back, and the duplicate is dropped without running the command
+    # Then one outcome comes back, and the duplicate (taken by another slot at the same time)
+    # is dropped without running the command
     outcome = collect_one(executor)
     assert (outcome.execution_id, outcome.result.value) == (7, "complete")
-    log_of = [tmp_path / f"worker-{n}.log" for n in ("w1", "w2")]
-    wait_for(lambda: any("already claimed" in p.read_text() for p in log_of))
+    wait_for(lambda: "execution 7 attempt 1 already claimed" in pool.read_text())
     assert lines(tmp_path / "runs.txt") == ["run"]
-    assert second.poll() is None
 
 
 def test_timeout_and_cancel_reach_the_process_on_the_worker(
-    tmp_path: Path, redis_url: str, workers: Workers, executor_for: Callable[[Path], Any]
+    tmp_path: Path, redis_url: str, pool: Path, executor_for: Callable[[Path], Any]
 ) -> None:
     # Given a worker and two long commands that note their pid
     from datetime import timedelta
 
     config = celery_site(tmp_path, redis_url, "", '[workers."stop"]\nqueue = "stop"\n')
-    workers(config, "w1", "stop")
     executor = executor_for(config)
     pids = tmp_path / "pids.txt"
     sleeper = f"sh -c 'echo $$ >> {pids}; exec sleep 30'"
@@ -349,11 +368,10 @@ def test_timeout_and_cancel_reach_the_process_on_the_worker(
 
 
 def test_output_of_a_remote_execution_arrives_while_it_runs(
-    tmp_path: Path, redis_url: str, workers: Workers, executor_for: Callable[[Path], Any]
+    tmp_path: Path, redis_url: str, pool: Path, executor_for: Callable[[Path], Any]
 ) -> None:
     # Given a worker and a command that prints a line, then waits for a file
     config = celery_site(tmp_path, redis_url, "", '[workers."live"]\nqueue = "live"\n')
-    workers(config, "w1", "live")
     executor = executor_for(config)
     gate = tmp_path / "gate"
     command = f"sh -c 'echo first; while [ ! -e {gate} ]; do sleep 0.05; done; echo second'"
