@@ -18,10 +18,12 @@ from scheduler.executors import (
     InProcessExecutor,
     Launch,
     LocalExecutor,
+    Orphan,
     Outcome,
     Reply,
     Result,
 )
+from scheduler.executors.command import replay
 from scheduler.executors.output import size_text
 
 T0 = datetime(2024, 3, 31, 1, 30, tzinfo=UTC)
@@ -204,6 +206,32 @@ def test_byte_cap_keeps_first_and_last_halves_by_size() -> None:
     assert [x[:2] for x in kept[:10]] == [f"{i:02d}" for i in range(10)]
     assert kept[10] == "... 80 lines (8 KB) omitted ..."
     assert [x[:2] for x in kept[11:]] == [f"{i:02d}" for i in range(90, 100)]
+
+
+def test_a_runaway_output_does_not_fill_the_disk_and_a_replay_skips_what_was_freed() -> None:
+    # 300,000 lines of 100 bytes (30 MB) against a 1 MB byte cap
+    executor = LocalExecutor(max_workers=1, now=clock, caps=Caps(bytes=1_000_000, line=1_000))
+    code = "import sys\nfor i in range(300_000): sys.stdout.write(f'{i:099d}\\n')"
+    try:
+        outcome = run_one(executor, py(code))
+        out = Path(executor.spool.prefix(1) + ".out")
+        size, used = out.stat().st_size, out.stat().st_blocks * 512
+        replayed = replay(
+            Orphan(1, None, T0), executor.spool, T0, Caps(bytes=1_000_000, line=1_000)
+        )
+    finally:
+        executor.shutdown(grace=0)
+
+    assert size == 30_000_000
+    assert used < 5_000_000  # the consumed middle was freed while the command ran
+    kept = lines(outcome)
+    assert kept[0] == f"{0:099d}" and kept[-1] == f"{299_999:099d}"
+    assert "lines (" in kept[len(kept) // 2 - 1] + kept[len(kept) // 2]
+    # a scheduler that died would find the head and the last lines, the freed middle skipped
+    again = lines(replayed)
+    assert again[0] == kept[0]
+    assert again[-4_000:] == kept[-4_000:]
+    assert all(line == "" or line[0] != "\0" for line in again)
 
 
 def test_a_50_mb_line_is_cut_and_never_stored_whole() -> None:

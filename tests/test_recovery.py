@@ -229,7 +229,7 @@ def test_finished_while_dead_is_recorded_with_its_true_outcome_and_releases_its_
         Status.COMPLETE,
         first.id,
     )
-    assert not any(Path(config.spool_dir).glob(f"{first.id}.*"))  # released once recorded
+    wait_for(lambda: not any(Path(config.spool_dir).glob(f"{first.id}.*")))  # released
 
 
 def test_failed_while_dead_applies_the_retry_policy_once(

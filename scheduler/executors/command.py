@@ -23,6 +23,8 @@ that itself exits with such a status (``exit 130``) reads the same way: the rece
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import selectors
@@ -261,24 +263,89 @@ def _child_exited(pid: int) -> bool:
 
 
 class _Tails:
-    """Reads the ``.out`` and ``.err`` spool files of one execution from where it last stopped."""
+    """Reads the ``.out`` and ``.err`` spool files of one execution from where it last stopped.
 
-    def __init__(self, spool: Spool, execution_id: int) -> None:
+    Past the output cap, the bytes already read that can no longer be among the kept last lines
+    are punched out of the file (``FALLOC_FL_PUNCH_HOLE``: the writer's O_APPEND offset is
+    untouched, the disk blocks are freed), so a runaway command cannot fill the disk through
+    its spool file. A reader that may meet such holes (adoption, replay) skips them; what was
+    punched is lost to it, so after a crash the omission marker undercounts and an event line
+    in the punched middle is not seen.
+    """
+
+    def __init__(
+        self, spool: Spool, execution_id: int, caps: Caps | None = None, holes: bool = False
+    ) -> None:
         prefix = spool.prefix(execution_id)
         self._fds: dict[str, int] = {}
+        self._caps = caps
+        self._holes = holes
+        self._read = dict.fromkeys(STREAMS, 0)
+        self._keep_until: dict[str, int] = {}  # per stream: the head's bytes end here
+        self._punched = dict.fromkeys(STREAMS, 0)
+        flags = (os.O_RDWR if caps else os.O_RDONLY) | os.O_CLOEXEC
         for stream, suffix in zip(STREAMS, (".out", ".err"), strict=True):
             with contextlib.suppress(FileNotFoundError):
-                self._fds[stream] = os.open(prefix + suffix, os.O_RDONLY | os.O_CLOEXEC)
+                self._fds[stream] = os.open(prefix + suffix, flags)
 
     def read(self, out: Output) -> None:
         for stream, fd in self._fds.items():
+            if self._holes:
+                _skip_hole(fd)
             while chunk := os.read(fd, _READ_SIZE):
+                head = self._read[stream]
                 out.feed(stream, chunk)
+                self._read[stream] += len(chunk)
+                if self._caps is not None and out.omitting:
+                    self._keep_until.setdefault(stream, head)  # the head ends in this chunk
+                    self._trim(stream, fd)
+
+    def _trim(self, stream: str, fd: int) -> None:
+        assert self._caps is not None
+        start = self._keep_until[stream]
+        # The kept last lines are at most bytes/2 long, a cut line keeps at most `line` bytes.
+        end = self._read[stream] - self._caps.bytes // 2 - 2 * self._caps.line
+        start = max(start, self._punched[stream])
+        if end - start >= _PUNCH_AT_LEAST and punch_hole(fd, start, end - start):
+            self._punched[stream] = end
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+_PUNCH_AT_LEAST = 1 << 20
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free the disk blocks of ``length`` bytes at ``offset`` (they read as zeros after);
+    False where the file system or platform cannot."""
+    libc = _libc()
+    if libc is None:
+        return False
+    flags = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    result = libc.fallocate(fd, flags, ctypes.c_int64(offset), ctypes.c_int64(length))
+    return bool(result == 0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def _skip_hole(fd: int) -> None:
+    """Move past a punched hole at the current offset, if there is one."""
+    with contextlib.suppress(OSError, AttributeError):  # ENXIO: no data after here
+        here = os.lseek(fd, 0, os.SEEK_CUR)
+        os.lseek(fd, os.lseek(fd, here, os.SEEK_DATA), os.SEEK_SET)
 
 
 _EXIT = "exit"
@@ -408,7 +475,7 @@ def run_command(
     run.output = out
     run.attach(proc.pid)
     on_start(proc.pid, started_at)
-    tails = _Tails(spool, launch.execution_id)
+    tails = _Tails(spool, launch.execution_id, caps)
     try:
         exited = lambda: _child_exited(proc.pid)  # noqa: E731
         _follow(exited, pidfd, tails, out, run, waker, _deadline(launch.timeout))
@@ -445,7 +512,7 @@ def follow_adopted(
     run.output = out
     run.attach(pid)
     spent = (now() - started_at).total_seconds()
-    tails = _Tails(spool, eid)
+    tails = _Tails(spool, eid, caps, holes=True)
     try:
         exited = lambda: not spool.carries_tag(pid, eid)  # noqa: E731
         _follow(exited, pidfd, tails, out, run, waker, _deadline(orphan.timeout, spent))
@@ -469,7 +536,7 @@ def replay(orphan: Orphan, spool: Spool, now: datetime, caps: Caps) -> Outcome:
     receipt = spool.receipt(eid)
     ended_at = receipt.at if receipt else now
     out = Output(eid, caps, lambda: ended_at)
-    tails = _Tails(spool, eid)
+    tails = _Tails(spool, eid, holes=True)
     try:
         tails.read(out)
     finally:

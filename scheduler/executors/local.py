@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -87,6 +88,11 @@ class LocalExecutor:
         ]
         for thread in self._threads:
             thread.start()
+        self._janitor: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        self._janitor_thread = threading.Thread(
+            target=self._sweep_released, name="tomlflow-spool-janitor", daemon=True
+        )
+        self._janitor_thread.start()
 
     @classmethod
     def for_config(cls, config: Config, now: Clock) -> LocalExecutor:
@@ -114,7 +120,15 @@ class LocalExecutor:
         return found
 
     def release(self, execution_ids: Iterable[int]) -> None:
-        self.spool.release(execution_ids)
+        # Deleting files costs the engine's thread more than recording an end: a janitor thread
+        # does it. Files not deleted yet when we die are swept by the next start's recovery.
+        ids = list(execution_ids)
+        if ids:
+            self._janitor.put(ids)
+
+    def _sweep_released(self) -> None:
+        while (ids := self._janitor.get()) is not None:
+            self.spool.release(ids)
 
     def cancel(self, execution_id: int, reason: str) -> None:
         launch = self._board.withdraw(execution_id)
@@ -139,6 +153,8 @@ class LocalExecutor:
         outcomes += collect_until_idle(self, self._board, None)
         for thread in self._threads:
             thread.join()
+        self._janitor.put(None)
+        self._janitor_thread.join()
         if self._private:
             shutil.rmtree(self.spool.path, ignore_errors=True)
         return outcomes

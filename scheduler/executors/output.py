@@ -110,6 +110,11 @@ class Output:
         with self._lock:
             self._emit("system", text, self._now())
 
+    @property
+    def omitting(self) -> bool:
+        """Whether the first half is full: later lines go to the window, or are dropped."""
+        return bool(self._tail) or self._omitted_lines > 0
+
     def take(self) -> list[LogLine]:
         """Return and forget the lines that became final since the last call."""
         with self._lock:
