@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,3 +159,22 @@ def test_without_celery_installed_worker_and_run_say_what_to_install(
         assert main([command, "--config", str(path)]) == 2
         err = capsys.readouterr().err
         assert "pip install 'tomlflow[celery]'" in err and "Traceback" not in err
+
+
+def test_an_unreachable_backchannel_stops_run_with_one_line_hiding_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a Celery configuration whose Redis does not answer (a port nobody listens on)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    text = (
+        '[scheduler]\ndatabase = "sqlite:///t.db"\n'
+        f'[executor]\nkind = "celery"\nbroker = "redis://:hunter2@127.0.0.1:{port}/0"\n'
+    )
+    # When the scheduler starts, then it stops with exit 2 and one line naming Redis, not the
+    # password
+    assert main(["run", "--once", "--config", str(config_of(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in err
+    assert "hunter2" not in err and "Traceback" not in err

@@ -8,7 +8,8 @@ Redis keys named here, under a namespace that keeps two databases' executions ap
                      race): whoever holds it is the only one to act on the execution;
 - ``beat:<id>``      a counter the worker bumps while the command runs;
 - ``cancel:<id>``    a stop reason the worker polls (cancel, or "worker lost" from the scheduler);
-- ``logs:<id>``      a list of JSON batches of output lines, in order;
+- ``logs:<id>``      a list of JSON batches of output lines, in order (bounded by the output
+                     caps the worker applies, as a local execution's are);
 - ``outcome:<id>``   how it ended, kept until the scheduler has recorded it (``release``);
 - ``done``           a list of finished execution ids, so the scheduler wakes at once.
 
@@ -94,8 +95,10 @@ class Keys:
         return self._key("outcome", eid)
 
     def per_execution(self, eid: int) -> list[str]:
-        """Every key of ``eid`` but its claim (which must outlive it to stop a redelivery)."""
-        return [self.sent(eid), self.beat(eid), self.cancel(eid), self.logs(eid), self.outcome(eid)]
+        """The keys of ``eid`` to delete once its outcome is recorded: all but its claim (which
+        must outlive it to stop a redelivery) and its stop request (which a frozen worker must
+        still find when it wakes); those two expire on their own."""
+        return [self.sent(eid), self.beat(eid), self.logs(eid), self.outcome(eid)]
 
 
 def _iso(at: datetime | None) -> str | None:

@@ -108,7 +108,8 @@ class CeleryExecutor:
         self._caps = Caps(config.output_max_lines, config.output_max_bytes, config.output_max_line)
         self._sweep = sweep
         self._broker = bc.redact(settings.broker)
-        self._redis = redis.Redis.from_url(settings.backchannel_url)
+        self._backchannel = settings.backchannel_url
+        self._redis = redis.Redis.from_url(self._backchannel)
         self._app = make_app(settings.broker)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -230,15 +231,21 @@ class CeleryExecutor:
         ``local`` does not matter here: workers are elsewhere either way.
         """
         recovery = Recovery()
-        if not orphans:
-            return recovery
-        pipe = self._redis.pipeline(transaction=False)
-        for orphan in orphans:
-            pipe.get(self._keys.sent(orphan.execution_id))
-            pipe.get(self._keys.outcome(orphan.execution_id))
-        replies = pipe.execute()
-        for i, orphan in enumerate(orphans):
-            self._settle(orphan.execution_id, replies[2 * i], replies[2 * i + 1], recovery)
+        try:
+            self._redis.ping()  # at start: an unreachable backchannel is one clear line
+            if not orphans:
+                return recovery
+            pipe = self._redis.pipeline(transaction=False)
+            for orphan in orphans:
+                pipe.get(self._keys.sent(orphan.execution_id))
+                pipe.get(self._keys.outcome(orphan.execution_id))
+            replies = pipe.execute()
+            for i, orphan in enumerate(orphans):
+                self._settle(orphan.execution_id, replies[2 * i], replies[2 * i + 1], recovery)
+        except redis.RedisError as exc:
+            self.shutdown(0)  # unusable: let its threads go
+            where = bc.redact(self._backchannel)
+            raise ExecutorError(f"cannot reach Redis at {where}: {bc.redact(str(exc))}") from None
         return recovery
 
     def _settle(
@@ -340,15 +347,20 @@ class CeleryExecutor:
     # -- listening ----------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        next_sweep = 0.0
+        next_sweep, down = 0.0, False
         while not self._stop.is_set():
             try:
                 self._take_done(max(0.01, min(next_sweep - time.monotonic(), self._sweep)))
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self._sweep
                     self._sweep_flights()
+                if down:
+                    down = False
+                    log.warning("backchannel reachable again")
             except redis.RedisError as exc:
-                log.warning("backchannel unreachable: %s", bc.redact(str(exc)))
+                if not down:  # once per outage, not four times a second
+                    down = True
+                    log.warning("backchannel unreachable: %s", bc.redact(str(exc)))
                 self._stop.wait(self._sweep)
             except Exception:  # a bug or a malformed entry must not end the listening for good
                 log.exception("celery executor: listener failure")
