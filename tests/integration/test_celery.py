@@ -199,6 +199,23 @@ def stored_outcomes(config: Path, redis_url: str) -> list[bytes]:
         client.close()
 
 
+def sent_payload(config: Path, redis_url: str, execution_id: int) -> Any:
+    """the launch payload the scheduler stored for an execution in flight"""
+    import json
+
+    import redis
+
+    from scheduler.config import load_config
+    from scheduler.executors import backchannel as bc
+
+    keys = bc.Keys(bc.namespace_for(load_config(str(config)).database))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return json.loads(client.get(keys.sent(execution_id)))
+    finally:
+        client.close()
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
@@ -260,7 +277,8 @@ def test_a_worker_killed_mid_task_is_closed_as_lost_and_retried(
         # When that worker is killed with -9 mid-task and another one takes its place
         first.kill()
         first.wait()
-        workers(config, "w2", "lost")
+        message = sent_payload(config, redis_url, 1)
+        second = workers(config, "w2", "lost")
         _out, err = scheduler.communicate(timeout=60)
     finally:
         if scheduler.poll() is None:
@@ -273,6 +291,20 @@ def test_a_worker_killed_mid_task_is_closed_as_lost_and_retried(
     assert (first_row.status, first_row.msg) == ("error", "worker lost: no heartbeat for 3s")
     assert (retry.attempt, retry.status) == (2, "complete")
     assert lines(tmp_path / "runs.txt") == ["slow:1:w1", "slow:2:w2"]
+
+    # And the lost attempt's message, delivered again (as the broker does after its visibility
+    # timeout), runs nothing
+    from scheduler.executors import backchannel as bc
+    from scheduler.executors.worker import make_app
+
+    app = make_app(redis_url)
+    task_id = bc.task_id(message["ns"], 1, 1)
+    app.send_task(bc.TASK_NAME, args=[message], queue="lost", task_id=task_id)
+    app.close()
+    log = tmp_path / "worker-w2.log"
+    wait_for(lambda: "execution 1 attempt 1 already claimed" in log.read_text())
+    assert lines(tmp_path / "runs.txt") == ["slow:1:w1", "slow:2:w2"]
+    assert second.poll() is None
 
 
 def _launch(execution_id: int, command: str, topic: str = "dup", **extra: Any) -> Any:
