@@ -397,6 +397,7 @@ def test_alert_thread_flush_waits_for_the_post_in_flight(db: Database, hook: Hoo
     add_alert(db, "alert", T0)
     posting = AlertThread(notifier(db, hook.url))
     posting.poll(T0)
+    assert hook.received.wait(5)  # the first post has read its alerts: the next one is new
     add_alert(db, "alert", T0, task="report")
     # flush sends what came after, whatever the check interval, once the first post is done
     assert posting.flush(T0) == 1
