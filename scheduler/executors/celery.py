@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -88,6 +88,77 @@ class _Flight:
         return new
 
 
+class _Sender:
+    """Sends launch payloads on a thread of its own, in batches: one Redis round trip stores
+    every payload of a batch (``sent:<id>``, for recovery), then the messages go out through one
+    producer (pipelined where kombu can). ``on_error(batch, exc)`` hears of a batch that failed.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        client: redis.Redis,
+        keys: bc.Keys,
+        on_error: Callable[[list[dict[str, Any]], Exception], None],
+    ) -> None:
+        self._app = app
+        self._redis = client
+        self._keys = keys
+        self._on_error = on_error
+        self._ready = threading.Condition()
+        self._outbox: list[dict[str, Any]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="tomlflow-send", daemon=True)
+        self._thread.start()
+
+    def put(self, payload: dict[str, Any]) -> None:
+        with self._ready:
+            self._outbox.append(payload)
+            self._ready.notify()
+
+    def withdraw(self, execution_id: int) -> None:
+        with self._ready:
+            self._outbox = [p for p in self._outbox if p["execution_id"] != execution_id]
+
+    def close(self) -> None:
+        """Send what is queued, then end the thread."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: bool(self._outbox) or self._closed)
+                batch, self._outbox = self._outbox[:_SEND_BATCH], self._outbox[_SEND_BATCH:]
+            if not batch:
+                return  # closed and drained
+            try:
+                self._send(batch)
+            except Exception as exc:  # broker or Redis down: the executor ends them as errors
+                self._on_error(batch, exc)
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for payload in batch:
+            key = self._keys.sent(int(payload["execution_id"]))
+            pipe.set(key, json.dumps(payload), ex=bc.KEEP_SECONDS)
+        pipe.execute()
+        with self._app.producer_or_acquire() as producer, _batched(producer):
+            for payload in batch:
+                eid, attempt = int(payload["execution_id"]), int(payload["attempt"])
+                self._app.send_task(
+                    bc.TASK_NAME,
+                    args=[payload],
+                    task_id=bc.task_id(self._keys.namespace, eid, attempt),
+                    queue=str(payload["queue"]),
+                    producer=producer,
+                    argsrepr=f"execution {eid} attempt {attempt}",  # saferepr costs ~0.5 ms
+                    kwargsrepr="",
+                )
+
+
 class CeleryExecutor:
     """Runs launches on Celery workers; see the module docstring. Thread-safe."""
 
@@ -117,13 +188,11 @@ class CeleryExecutor:
         self._done: list[Outcome] = []
         self._started: list[Started] = []
         self._lines: list[LogLine] = []
-        self._outbox: list[dict[str, Any]] = []
         self._closed = threading.Event()  # no more submits
         self._stop = threading.Event()  # the listener ends
         self._listener = threading.Thread(target=self._listen, name="tomlflow-celery", daemon=True)
         self._listener.start()
-        self._sender = threading.Thread(target=self._send_loop, name="tomlflow-send", daemon=True)
-        self._sender.start()
+        self._sender = _Sender(self._app, self._redis, self._keys, self._unsent)
 
     @property
     def namespace(self) -> str:
@@ -143,8 +212,7 @@ class CeleryExecutor:
             if eid in self._flights:
                 raise ExecutorError(f"execution {eid} is already in flight")
             self._flights[eid] = _Flight(launch.attempt)
-            self._outbox.append(payload)
-            self._changed.notify_all()
+        self._sender.put(payload)
 
     def collect(self, timeout: float | None = 0) -> list[Outcome]:
         with self._lock:
@@ -179,8 +247,7 @@ class CeleryExecutor:
         claim = json.dumps({"cancel": reason})
         key = self._keys.claim(execution_id, flight.attempt)
         if self._redis.set(key, claim, nx=True, ex=bc.KEEP_SECONDS):
-            with self._lock:  # not sent yet: no need to send it at all
-                self._outbox = [p for p in self._outbox if p["execution_id"] != execution_id]
+            self._sender.withdraw(execution_id)  # if not sent yet, no need to send it at all
             at = self._now()
             self._publish(
                 Outcome(execution_id, Result.CANCELLED, reason, None, {}, at, at, (), None)
@@ -196,8 +263,7 @@ class CeleryExecutor:
         """
         with self._lock:
             self._closed.set()
-            self._changed.notify_all()
-        self._sender.join()  # what was submitted is sent: the next start adopts it
+        self._sender.close()  # what was submitted is sent: the next start adopts it
         end = time.monotonic() + grace
         outcomes: list[Outcome] = []
         while self.running() and (left := end - time.monotonic()) > 0:
@@ -273,48 +339,13 @@ class CeleryExecutor:
             return
         with self._lock:
             self._flights[eid] = _Flight(attempt)
-            if claim is None:
-                self._outbox.append(payload)
-                self._changed.notify_all()
+        if claim is None:
+            self._sender.put(payload)
         recovery.adopted.append(eid)
         recovery.reparsed.append(eid)
         log.info("adopted execution %d (%s)", eid, "claimed" if claim else "sent again")
 
     # -- sending ------------------------------------------------------------------------------
-
-    def _send_loop(self) -> None:
-        """Send what ``submit`` queued, in batches: one Redis round trip stores every payload
-        of a batch, then the messages go out through one producer (pipelined when the
-        transport can). Runs until shutdown has drained the outbox."""
-        while True:
-            with self._lock:
-                self._changed.wait_for(lambda: bool(self._outbox) or self._closed.is_set())
-                batch, self._outbox = self._outbox[:_SEND_BATCH], self._outbox[_SEND_BATCH:]
-                if not batch and self._closed.is_set():
-                    return
-            try:
-                self._send(batch)
-            except Exception as exc:  # broker or Redis down: error outcomes, retries apply
-                self._unsent(batch, exc)
-
-    def _send(self, batch: list[dict[str, Any]]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for payload in batch:
-            key = self._keys.sent(int(payload["execution_id"]))
-            pipe.set(key, json.dumps(payload), ex=bc.KEEP_SECONDS)
-        pipe.execute()
-        with self._app.producer_or_acquire() as producer, _batched(producer):
-            for payload in batch:
-                eid, attempt = int(payload["execution_id"]), int(payload["attempt"])
-                self._app.send_task(
-                    bc.TASK_NAME,
-                    args=[payload],
-                    task_id=bc.task_id(self._namespace, eid, attempt),
-                    queue=str(payload["queue"]),
-                    producer=producer,
-                    argsrepr=f"execution {eid} attempt {attempt}",  # saferepr costs ~0.5 ms
-                    kwargsrepr="",
-                )
 
     def _unsent(self, batch: list[dict[str, Any]], exc: Exception) -> None:
         """End the launches of a batch that could not be sent as errors, unless a worker
