@@ -5,8 +5,13 @@ One tick, in order:
 1. refresh workflow files when the refresh interval has passed;
 2. plan the cron fires that are due;
 3. in ONE write transaction: record the cron fires, record every finished execution with its
-   logs and what it releases (children, retry, alert), and claim the queued rows that may start;
-4. after that transaction commits, hand the claimed rows to the executor.
+   logs and what it releases (children, retry, alert), store the output running executions
+   printed so far, read user cancels, and claim the queued rows that may start;
+4. after that transaction commits, let the executor release the recorded ends' receipts, hand
+   it the cancels and the claimed rows.
+
+On start, what a stopped scheduler left running is settled from the executor's receipts
+(``_recover``): true results are recorded as live ends are, live commands are adopted.
 
 The database is the only source of truth about what is due and queued, so a restart resumes
 exactly: retries are rows with ``not_before``, cron progress is ``phase_state.evaluated_until``.

@@ -29,6 +29,7 @@ from scheduler.executors import (
     Orphan,
     Outcome,
     Recovery,
+    Result,
     Started,
 )
 from scheduler.executors.command import UNKNOWN_DEAD, spawn
@@ -436,3 +437,35 @@ def test_an_adopted_command_can_be_cancelled_by_a_user(
     [first] = rows(db)  # no retry, no child, not queued again
     assert (first.status, first.msg) == (Status.CANCELLED, history.USER_CANCEL)
     assert not alive(row.pid)
+
+
+def test_a_scheduler_that_died_mid_shutdown_leaves_its_stop_reason_and_the_run_is_requeued(
+    write_workflow: WriteWorkflow,
+    dead: Dying,
+    restarted,
+    config: Config,
+    db: Database,
+    clock: ManualClock,
+) -> None:
+    # Given a shutdown that wrote its reason and killed the command, then died before recording
+    write_workflow("w.toml", job("sleep 30", retry=0))
+    row = run_and_die(dead, config, db, clock)
+    reason = "executor shut down: still running after 0s"
+    Spool(config.spool_dir).write_stop(row.id, Result.CANCELLED, reason)
+    os.killpg(row.pid, 9)
+    dead.procs[0].wait()
+
+    # When a scheduler starts again
+    engine = restarted()
+    engine.start()
+    engine.tick(clock.now())
+
+    # Then the stop's reason is the outcome, and the run is queued again as what it was
+    first, again = rows(db)
+    assert (first.status, first.msg) == (Status.CANCELLED, reason)
+    assert (again.trigger, again.attempt, again.task_id) == (
+        history.Trigger.CRON,
+        1,
+        first.task_id,
+    )
+    assert again.status in (Status.QUEUED, Status.RUNNING)  # and this scheduler starts it
