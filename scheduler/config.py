@@ -35,6 +35,28 @@ class WorkerConfig:
     timeout: timedelta | None = None
     cwd: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    queue: str = ""  # the Celery queue of this topic's phases (executor kind "celery")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """``[executor]``: where phases run. ``local`` needs nothing; ``celery`` needs a broker.
+
+    ``backchannel`` is the Redis that carries claims, heartbeats, live output and outcomes
+    between workers and the scheduler; empty means the broker itself (which must then be Redis).
+    ``namespace`` keeps two databases' executions apart on one Redis; empty means derived
+    from the database URL.
+    """
+
+    kind: str = "local"
+    broker: str = "redis://127.0.0.1:6379/0"
+    backchannel: str = ""
+    heartbeat_timeout: timedelta = timedelta(seconds=30)
+    namespace: str = ""
+
+    @property
+    def backchannel_url(self) -> str:
+        return self.backchannel or self.broker
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,7 @@ class Config:
     output_max_lines: int = 10_000  # stored output per execution: first half and last half
     output_max_bytes: int = 10 * 1024 * 1024
     output_max_line: int = 64 * 1024  # a longer line is cut with a marker
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     @property
     def query_database(self) -> str:
@@ -144,7 +167,8 @@ def load_config(explicit: str | None = None, env: Mapping[str, str] | None = Non
 def parse_config(document: Mapping[str, Any], path: Path) -> Config:
     """Build a Config from a parsed document read from ``path``."""
     reader = _Reader(str(path), path.absolute().parent)
-    reader.only(document, {"scheduler", "workers", "alerts", "retention", "ai", "web"}, "")
+    tables = {"scheduler", "workers", "alerts", "retention", "ai", "web", "executor"}
+    reader.only(document, tables, "")
     sched = reader.table(document, "scheduler")
     reader.only(sched, set(_SCHEDULER), "scheduler")
     values: dict[str, Any] = {"source": path}
@@ -159,6 +183,7 @@ def parse_config(document: Mapping[str, Any], path: Path) -> Config:
         values["retention"] = reader.duration("retention.executions", retention["executions"])
     values["ai"] = _ai(reader, reader.table(document, "ai"))
     values["web"] = _web(reader, reader.table(document, "web"))
+    values["executor"] = _executor(reader, reader.table(document, "executor"))
     return Config(**values)
 
 
@@ -261,7 +286,8 @@ def _workers(reader: _Reader, table: Mapping[str, Any]) -> dict[str, WorkerConfi
         where = f'workers."{name}"'
         if not isinstance(raw, dict):
             raise reader.fail(where, "must be a table")
-        reader.only(raw, {"command", "python", "shell", "timeout", "cwd", "env"}, where)
+        keys = {"command", "python", "shell", "timeout", "cwd", "env", "queue"}
+        reader.only(raw, keys, where)
         env = raw.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise reader.fail(f"{where}.env", "must be a table of strings")
@@ -274,6 +300,7 @@ def _workers(reader: _Reader, table: Mapping[str, Any]) -> dict[str, WorkerConfi
             ),
             cwd=reader.path(f"{where}.cwd", raw["cwd"]) if "cwd" in raw else None,
             env=dict(env),
+            queue=reader.string(f"{where}.queue", raw.get("queue", "")),
         )
     return workers
 
@@ -287,6 +314,36 @@ def _alerts(reader: _Reader, table: Mapping[str, Any]) -> AlertsConfig:
         if key in table:
             values[key] = reader.duration(f"alerts.{key}", table[key])
     return AlertsConfig(**values)
+
+
+MIN_HEARTBEAT_TIMEOUT = timedelta(seconds=3)
+_BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")
+_REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def _executor(reader: _Reader, table: Mapping[str, Any]) -> ExecutorConfig:
+    keys = {"kind", "broker", "backchannel", "heartbeat_timeout", "namespace"}
+    reader.only(table, keys, "executor")
+    values: dict[str, Any] = {}
+    for key in ("kind", "broker", "backchannel", "namespace"):
+        if key in table:
+            values[key] = reader.string(f"executor.{key}", table[key])
+    if values.get("kind", "local") not in ("local", "celery"):
+        raise reader.fail("executor.kind", 'must be "local" or "celery"')
+    if "heartbeat_timeout" in table:
+        timeout = reader.duration("executor.heartbeat_timeout", table["heartbeat_timeout"])
+        if timeout < MIN_HEARTBEAT_TIMEOUT:  # workers beat every second: allow a few misses
+            raise reader.fail("executor.heartbeat_timeout", "must be at least 3s")
+        values["heartbeat_timeout"] = timeout
+    config = ExecutorConfig(**values)
+    # Only the scheme is named in errors: a URL may carry a password.
+    if not config.broker.startswith(_BROKER_SCHEMES):
+        raise reader.fail("executor.broker", "must be a redis://, rediss:// or amqp:// URL")
+    if not config.backchannel_url.startswith(_REDIS_SCHEMES):
+        key = "executor.backchannel" if config.backchannel else "executor.broker"
+        reason = "workers report back through Redis: set executor.backchannel to a redis:// URL"
+        raise reader.fail(key, reason)
+    return config
 
 
 def _ai(reader: _Reader, table: Mapping[str, Any]) -> AIConfig:

@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from scheduler.executors import LocalExecutor
 
 from scheduler.clock import SLICE_SECONDS, Every
 from scheduler.config import Config
 from scheduler.engine import Engine, TickReport
+from scheduler.executors import LocalExecutor
 from scheduler.planner import new_rows
 from scheduler.store import history, lease
 from scheduler.store.db import Database

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scheduler.executors import LocalExecutor
 from sqlalchemy import event, select
 
 from scheduler.cli import main
 from scheduler.config import Config
 from scheduler.engine import Engine, TickReport
+from scheduler.executors import LocalExecutor
 from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import Status

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def assert_contiguous_and_settled(db: Database) -> None:
     times = fires(db)
     assert len(times) >= 2
     assert len(set(times)) == len(times), "a fire recorded twice"
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(times)]
     assert set(gaps) == {timedelta(seconds=1)}, f"fires lost: {gaps}"
     with db.read() as conn:
         statuses = conn.execute(select(executions.c.status)).scalars().all()

@@ -54,6 +54,7 @@ COMMAND_TABLE: dict[str, Entry] = {
     "backup": Entry("ops", "backup_cmd", "A verified copy of the SQLite database, taken live."),
     "doctor": Entry("ops", "doctor", "One screen of health; exit 1 when something needs action."),
     "web": Entry("web", "web", "Serve the dashboard and HTTP API."),
+    "worker": Entry("worker", "worker", "A Celery worker that runs phases sent by the scheduler."),
     "sql": Entry("query", "sql", "Run one SQL statement on a read-only connection."),
     "stats": Entry("query", "stats", "Per phase: runs, success rate, durations; failures."),
     "ask": Entry("query", "ask", "Ask Claude about your pipelines (reads, never writes)."),

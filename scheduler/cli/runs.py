@@ -63,10 +63,15 @@ _STATUS_COLOURS = {
 @contextmanager
 def _engine(app: App) -> Iterator[Engine]:
     from scheduler.engine import Engine
-    from scheduler.executors import LocalExecutor
+    from scheduler.executors import Executor, LocalExecutor
 
     clock = SystemClock()
-    executor = LocalExecutor.for_config(app.config, clock.now)
+    if app.config.executor.kind == "celery":
+        from scheduler.cli.worker import celery_executor
+
+        executor: Executor = celery_executor(app.config, clock)
+    else:
+        executor = LocalExecutor.for_config(app.config, clock.now)
     yield Engine(app.config, app.db, executor, clock)
 
 
