@@ -75,7 +75,9 @@ def cron_phase(task: str, cron: str, catchup: str = "latest") -> str:
 def fired(db: Database, task: str) -> list[str]:
     with db.read() as conn:
         rows = history.list_executions(conn, task, None, 1000)
-    return sorted(f"{r.task_time:%H:%M}" for r in rows if r.trigger is Trigger.CRON)
+    # A fire still running when the loop stops is cancelled and queued again as what it was (a
+    # cron row of the same task time): that is one fire, not two.
+    return sorted({f"{r.task_time:%H:%M}" for r in rows if r.trigger is Trigger.CRON})
 
 
 def queue_manual(engine: Engine, db: Database, task: str, now: datetime) -> None:
