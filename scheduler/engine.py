@@ -145,6 +145,7 @@ class Engine:
         self._db_file: store_db.FileIdentity | None = None  # the SQLite file we opened
         self._full = False  # the last write failed because the database or disk is full
         self._lost_to: lease.Holder | None = None  # who took the lease while we were away
+        self.tick_stats = lease.TickStats()  # reported with the heartbeat, for /metrics
         self._states_stale = False  # a rolled-back tick left _states ahead of the database
         # Workflow errors last reported, by (file, task); task "" for a file that does not load.
         self._problems: dict[PhaseKey, str] = {}
@@ -173,7 +174,7 @@ class Engine:
         found = self._watch(snapshot, now)  # disk scan: outside the transaction
         with self._kept_on_rollback(outcomes), self.db.write() as conn:
             if self._heartbeat is not None and self._heartbeat.take(self.clock.monotonic()):
-                lease.renew(conn, now)
+                lease.renew(conn, now, self.tick_stats)
             if fire_cron:
                 report.fired = self._fire_cron(conn, snapshot, now, report)
                 self._maybe_ready = self._maybe_ready or report.fired > 0
@@ -734,7 +735,9 @@ class Engine:
         try:
             if prune:
                 self._prune_if_due(self.clock.now())
+            started = time.perf_counter()
             report = self.tick(self.clock.now(), fire_cron=fire_cron)
+            self.tick_stats.observe(time.perf_counter() - started)
         except lease.LeaseHeld as exc:  # frozen or cut off meanwhile: a standby took over
             self._lost_to = exc.holder
             raise LeaseLost(exc.holder) from None

@@ -255,3 +255,22 @@ def test_forward_step_applies_the_catchup_policy_as_downtime_does(
 
     # then the missed hours fire as the policy says, exactly as after five hours of downtime
     assert fired(db, "hourly") == expected
+
+
+def test_the_holder_reports_its_tick_durations_with_the_heartbeat(
+    db: Database, make, write_workflow: WriteWorkflow, clock: SteppingClock
+) -> None:
+    write_workflow("w.toml", cron_phase("hourly", "0 * * * *"))
+    engine = make()
+    seen: list[lease.TickStats | None] = []
+
+    def script(_report: TickReport) -> bool:
+        clock.advance(timedelta(seconds=2))  # past the heartbeat interval each tick
+        with db.read() as conn:
+            seen.append(lease.tick_stats(conn))
+        return len(seen) == 3
+
+    run_scripted(engine, script)
+    reported = seen[-1]
+    assert reported is not None and reported.total >= 1 and reported.seconds > 0
+    assert reported.counts == sorted(reported.counts)  # cumulative, as Prometheus reads it

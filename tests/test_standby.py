@@ -113,3 +113,17 @@ def test_wait_for_lease_says_who_it_waits_for_and_takes_over(db: Database) -> No
     assert [h.host for h in seen] == ["other-host"]
     current = holder(db)
     assert current is not None and current.is_me()
+
+
+def test_the_tick_histogram_travels_with_the_heartbeat(db: Database) -> None:
+    with db.write() as conn:
+        lease.acquire(conn, T0)
+        assert lease.tick_stats(conn) is None  # nothing reported yet
+        stats = lease.TickStats()
+        for seconds in (0.0005, 0.004, 0.004, 3.0, 60.0):
+            stats.observe(seconds)
+        lease.renew(conn, T0 + timedelta(seconds=1), stats)
+        read = lease.tick_stats(conn)
+    assert read is not None
+    assert (read.total, read.counts[0], read.counts[2], read.counts[-1]) == (5, 1, 3, 4)
+    assert read.seconds == pytest.approx(63.0085)

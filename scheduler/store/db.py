@@ -126,6 +126,11 @@ def _cancel_requests_v10(conn: Connection) -> None:
     schema.cancel_requests.create(conn, checkfirst=True)
 
 
+def _tick_stats_v11(conn: Connection) -> None:
+    """scheduler_lease.ticks: the holder's tick-duration histogram, for /metrics."""
+    add_missing_columns(conn, schema.scheduler_lease)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -138,6 +143,7 @@ MIGRATIONS: list[Migration] = [
     _log_search_v8,
     _deadlines_v9,
     _cancel_requests_v10,
+    _tick_stats_v11,
 ]
 
 

@@ -12,10 +12,12 @@ frozen finds on its next renewal that the lease is someone else's, and steps dow
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -116,17 +118,58 @@ def take_over(conn: Connection, now: datetime, seen: Holder) -> bool:
     return True
 
 
-def renew(conn: Connection, now: datetime) -> None:
-    """Refresh the heartbeat; raises LeaseHeld if another scheduler took the lease meanwhile."""
+def renew(conn: Connection, now: datetime, ticks: TickStats | None = None) -> None:
+    """Refresh the heartbeat (and the tick histogram, when given); raises LeaseHeld if another
+    scheduler took the lease meanwhile."""
     held = current(conn)
     if held is None or not held.is_me():
         if held is not None:
             raise LeaseHeld(held)
         acquire(conn, now)
         return
-    conn.execute(
-        update(scheduler_lease).where(scheduler_lease.c.name == _NAME).values(heartbeat=iso(now))
+    values = {"heartbeat": iso(now)}
+    if ticks is not None:
+        values["ticks"] = ticks.to_json()
+    conn.execute(update(scheduler_lease).where(scheduler_lease.c.name == _NAME).values(values))
+
+
+@dataclass
+class TickStats:
+    """How long the holder's ticks took: a cumulative histogram in Prometheus's shape."""
+
+    BUCKETS: ClassVar[tuple[float, ...]] = (
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
     )
+    counts: list[int] = field(default_factory=lambda: [0] * len(TickStats.BUCKETS))
+    total: int = 0
+    seconds: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(self.BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+        self.total += 1
+        self.seconds += seconds
+
+    def to_json(self) -> str:
+        return json.dumps({"counts": self.counts, "total": self.total, "seconds": self.seconds})
+
+    @classmethod
+    def from_json(cls, text: str) -> TickStats | None:
+        """The stats a holder stored; None for anything else (an older holder, a bad value)."""
+        try:
+            data = json.loads(text)
+            counts = [int(n) for n in data["counts"]]
+            stats = cls(counts, int(data["total"]), float(data["seconds"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+        return stats if len(counts) == len(cls.BUCKETS) else None
+
+
+def tick_stats(conn: Connection) -> TickStats | None:
+    """The lease holder's tick histogram, if one holds the lease and has reported it."""
+    text = conn.scalar(select(scheduler_lease.c.ticks).where(scheduler_lease.c.name == _NAME))
+    return TickStats.from_json(text) if text else None
 
 
 def release(conn: Connection) -> None:

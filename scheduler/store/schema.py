@@ -167,6 +167,9 @@ scheduler_lease = Table(
     Column("pid", Integer, nullable=False),
     Column("since", String(32), nullable=False),
     Column("heartbeat", String(32), nullable=False),
+    # The holder's tick durations so far, a histogram as JSON, renewed with the heartbeat (the
+    # dashboard's /metrics reads it: the daemon and the dashboard are separate processes).
+    Column("ticks", Text),
 )
 
 # One row per reported file (``tomlflow file``, the watched folder), written in the transaction

@@ -1,7 +1,8 @@
 """``/metrics`` in Prometheus text format (the official ``prometheus_client``), read from the
 database at each scrape, so it needs no running scheduler and works for any number of them:
 executions by phase and status, queue depth, running, cron lateness (a histogram over the cron
-fires created in the last hour), last success per phase, and the scheduler's heartbeat."""
+fires created in the last hour), last success per phase, the scheduler's heartbeat, and its
+tick durations (a histogram it renews with the heartbeat)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class DatabaseCollector(Collector):
             success = browse.last_success_by_phase(conn)
             late = browse.cron_lateness(conn, now - LATENESS_WINDOW)
             holder = lease.current(conn)
+            ticks = lease.tick_stats(conn)
         yield _executions(finished, active)
         for status, name, text in (
             ("queued", "tomlflow_queue_depth", "Executions queued (waiting or retrying)."),
@@ -55,6 +57,8 @@ class DatabaseCollector(Collector):
             last.add_metric([file_path, task], from_iso(ended).timestamp())
         yield last
         yield _lateness(late)
+        if ticks is not None:
+            yield _ticks(ticks)
         up = GaugeMetricFamily("tomlflow_scheduler_up", "1 while a live scheduler holds the lease.")
         up.add_metric([], 1.0 if holder is not None and not holder.is_gone(now) else 0.0)
         yield up
@@ -94,6 +98,17 @@ def _lateness(values: list[float]) -> Metric:
         "Seconds from a cron fire's scheduled time to its start, fires of the last hour.",
     )
     family.add_metric([], buckets, sum_value=total)
+    return family
+
+
+def _ticks(stats: lease.TickStats) -> Metric:
+    buckets = [(str(bound), float(n)) for bound, n in zip(stats.BUCKETS, stats.counts, strict=True)]
+    buckets.append(("+Inf", float(stats.total)))
+    family = HistogramMetricFamily(
+        "tomlflow_tick_duration_seconds",
+        "How long the lease holder's ticks took, since it started (reported with its heartbeat).",
+    )
+    family.add_metric([], buckets, sum_value=stats.seconds)
     return family
 
 

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from scheduler.store import history
+from scheduler.store import history, lease
 from scheduler.store.history import Status, Trigger
 from scheduler.tasktime import iso
 from tests.web.conftest import finish
@@ -54,3 +54,23 @@ def test_metrics_count_phases_queue_running_success_and_lateness(
     assert (buckets["2.0"], buckets["5.0"], buckets["60.0"], buckets["900.0"]) == (1, 2, 2, 3)
     assert found["tomlflow_scheduler_up"] == [({}, 0.0)]
     assert waiting
+
+
+def test_metrics_show_the_holders_tick_durations(app: Starlette, client: TestClient) -> None:
+    # given no scheduler: no tick histogram at all
+    assert "tomlflow_tick_duration_seconds_bucket" not in samples(client)
+    # given a scheduler that reported two ticks with its heartbeat
+    db = db_of(app)
+    now = app.state.ctx.clock.now()
+    stats = lease.TickStats()
+    stats.observe(0.002)
+    stats.observe(0.3)
+    with db.write() as conn:
+        lease.acquire(conn, now)
+        lease.renew(conn, now, stats)
+    app.state.ctx.metrics.read_at = float("-inf")  # past the metrics cache
+    found = samples(client)
+    buckets = {lab["le"]: v for lab, v in found["tomlflow_tick_duration_seconds_bucket"]}
+    assert (buckets["0.001"], buckets["0.0025"], buckets["0.25"], buckets["0.5"]) == (0, 1, 1, 2)
+    assert buckets["+Inf"] == 2
+    assert found["tomlflow_tick_duration_seconds_count"] == [({}, 2.0)]
