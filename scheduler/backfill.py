@@ -19,7 +19,7 @@ from pathlib import Path
 from scheduler import batch, planner, templates
 from scheduler.rules import BatchBy
 from scheduler.store.history import NewExecution, Trigger
-from scheduler.tasktime import cron_stamp
+from scheduler.tasktime import cron_stamp, iso
 from scheduler.validation import PhaseSpec
 
 _BY_ALIASES = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month"}
@@ -128,3 +128,14 @@ def _row(spec: PhaseSpec, item: batch.BatchItem, now: datetime) -> NewExecution:
         meta=meta,
         not_before=now,
     )
+
+
+def task_json(row: NewExecution) -> dict[str, object]:
+    """One planned task as the command line's and the API's JSON show it."""
+    return {
+        "task_id": row.task_id,
+        "task": row.task,
+        "task_time": iso(row.task_time) if row.task_time else None,
+        "info": row.info,
+        "meta": dict(row.meta),
+    }

@@ -7,7 +7,6 @@ import os
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.text import Text
@@ -132,7 +131,7 @@ def _queue(app: App, planned: list[NewExecution], now: datetime) -> None:
 def _report_backfill(
     spec: PhaseSpec, by: BatchBy, planned: list[NewExecution], executed: bool, as_json: bool
 ) -> None:
-    tasks = [_task_dict(row) for row in planned]
+    tasks = [backfills.task_json(row) for row in planned]
     if as_json:
         print_json(
             {
@@ -153,15 +152,6 @@ def _report_backfill(
         lines.append("(add --execute to queue them; `tomlflow run` runs them)")
     out_console().print("\n".join(lines), highlight=False, markup=False)
 
-
-def _task_dict(row: NewExecution) -> dict[str, Any]:
-    return {
-        "task_id": row.task_id,
-        "task": row.task,
-        "task_time": iso(row.task_time) if row.task_time else None,
-        "info": row.info,
-        "meta": dict(row.meta),
-    }
 
 
 # -- retry, pause, resume -------------------------------------------------------------------------

@@ -18,10 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from scheduler import backfill
 from scheduler.errors import TaskNotFound
 from scheduler.graph import topic_of
 from scheduler.store import browse, history
-from scheduler.store.history import FINISHED, Execution, NewExecution, Status
+from scheduler.store.history import FINISHED, Execution, Status
 from scheduler.store.workflows import phase_rows
 from scheduler.tasktime import iso
 from scheduler.web import actions, ops, phases, runs
@@ -289,15 +290,6 @@ def _backfill_fields(data: Mapping[str, Any]) -> dict[str, str]:
     return fields
 
 
-def _task_json(row: NewExecution) -> dict[str, Any]:
-    return {
-        "task_id": row.task_id,
-        "task": row.task,
-        "task_time": iso(row.task_time) if row.task_time else None,
-        "info": row.info,
-        "meta": dict(row.meta),
-    }
-
 
 async def api_backfill(request: Request) -> Response:
     data = await body_of(request)
@@ -305,7 +297,7 @@ async def api_backfill(request: Request) -> Response:
     fields = _backfill_fields(data)
     req = await run_in_threadpool(ops.backfill_request, context, fields)
     result = await run_in_threadpool(actions.backfill, context, req, _flag(data, "execute"))
-    tasks = [_task_json(r) for r in result.rows]
+    tasks = [backfill.task_json(r) for r in result.rows]
     return JSONResponse(
         {
             "executed": result.executed,
