@@ -283,7 +283,11 @@ def test_a_shell_exit_still_leaves_a_receipt(local: LocalExecutor) -> None:
 # --- environment, shell, start failures ----------------------------------------------------
 
 
-def test_environment_carries_launch_identity_and_meta(local: LocalExecutor) -> None:
+def test_environment_carries_launch_identity_and_meta(
+    local: LocalExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("TOMLFLOW_")]:
+        monkeypatch.delenv(name)  # the launch's own variables only, whatever this shell has set
     code = (
         "import os, json\n"
         "print(json.dumps({k: v for k, v in os.environ.items()"
