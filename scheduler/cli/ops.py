@@ -216,7 +216,7 @@ def cancel(execution_id: int, config_path: str | None, as_json: bool) -> int:
     """
     with open_app(config_path) as app, app.db.write() as conn:
         outcome, execution = history.request_cancel(
-            conn, execution_id, datetime.now(UTC), _os_user()
+            conn, execution_id, datetime.now(UTC), _who()
         )
     if outcome is history.Cancel.UNKNOWN or execution is None:
         raise TomlflowError(f"no execution with id {execution_id}")
@@ -230,13 +230,6 @@ def cancel(execution_id: int, config_path: str | None, as_json: bool) -> int:
         }[outcome]
         out_console().print(f"execution {execution_id} {execution.task}: {said}", markup=False)
     return ExitCode.FAILED if outcome is history.Cancel.ENDED else ExitCode.OK
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a bare container)
-        return ""
 
 
 def _set_paused(
