@@ -22,7 +22,7 @@ from scheduler import backfill
 from scheduler.errors import TaskNotFound
 from scheduler.graph import topic_of
 from scheduler.store import browse, history
-from scheduler.store.history import FINISHED, Execution, Status
+from scheduler.store.history import FINISHED, Execution
 from scheduler.store.workflows import phase_rows
 from scheduler.tasktime import iso
 from scheduler.web import actions, ops, phases, runs
@@ -222,22 +222,14 @@ async def api_retry(request: Request) -> Response:
 async def api_mark(request: Request) -> Response:
     data = await body_of(request)
     fields = {**_text(data, "id"), **_text(data, "result"), **_text(data, "msg")}
-    execution_id = int_arg(fields, "id")
-    result = fields.get("result", "")
-    if execution_id is None or result not in ("complete", "error"):
-        raise BadRequest("id and result (complete or error) are required")
+    execution_id, result = runs.mark_args(fields)
     marked = await run_in_threadpool(
-        actions.mark,
-        ctx(request),
-        execution_id,
-        Status(result),
-        fields.get("msg", ""),
-        runs.who(request),
+        actions.mark, ctx(request), execution_id, result, fields.get("msg", ""), runs.who(request)
     )
     return JSONResponse(
         {
             "execution_id": execution_id,
-            "status": result,
+            "status": result.value,
             "was": marked.before.status.value,
             "changed": marked.changed,
             "released": marked.released,

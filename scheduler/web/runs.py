@@ -230,19 +230,20 @@ async def retry_action(request: Request) -> Response:
     return RedirectResponse(f"/runs/{rerun.execution_id}?{urlencode({'done': note})}", 303)
 
 
-async def mark_action(request: Request) -> Response:
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    execution_id = int_arg(form, "id")
-    result = form.get("result", "")
+def mark_args(fields: Mapping[str, str]) -> tuple[int, Status]:
+    """The execution and the result a mark names (the form's and the API's); BadRequest else."""
+    execution_id = int_arg(fields, "id")
+    result = fields.get("result", "")
     if execution_id is None or result not in ("complete", "error"):
         raise BadRequest("id and result (complete or error) are required")
+    return execution_id, Status(result)
+
+
+async def mark_action(request: Request) -> Response:
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    execution_id, result = mark_args(form)
     marked = await run_in_threadpool(
-        actions.mark,
-        ctx(request),
-        execution_id,
-        Status(result),
-        form.get("msg", ""),
-        who(request),
+        actions.mark, ctx(request), execution_id, result, form.get("msg", ""), who(request)
     )
     note = f"marked {result}" if marked.changed else f"already {result}"
     if marked.released:
