@@ -80,14 +80,14 @@ def wait_for_lease(
     ``on_wait`` is told about each new holder seen while waiting (the command line says so).
     """
     watch = Watch()
-    told: Holder | None = None
+    told: tuple[str, int] | None = None  # the holder last named to on_wait
     while not stop.is_set():
         with db.write() as conn:
             if try_lease(conn, now(), mono(), watch):
                 return True
-        if on_wait is not None and watch.seen is not None and watch.seen != told:
-            if told is None or (told.host, told.pid) != (watch.seen.host, watch.seen.pid):
-                on_wait(watch.seen)
-            told = watch.seen
+        seen = watch.seen
+        if on_wait is not None and seen is not None and (seen.host, seen.pid) != told:
+            on_wait(seen)
+            told = (seen.host, seen.pid)
         stop.wait(WATCH_EVERY)
     return False
