@@ -165,7 +165,7 @@ class Engine:
     # -- the tick ---------------------------------------------------------------------------
 
     def tick(self, now: datetime, *, fire_cron: bool = True) -> TickReport:
-        """Decide and act once at ``now``."""
+        """Decide and act once at ``now``: plan, record, claim, then launch after the commit."""
         snapshot = self._refresh_if_due(now)
         report = TickReport()
         outcomes, self._early = self._early + self.executor.collect(0), []
@@ -175,16 +175,14 @@ class Engine:
         with self._kept_on_rollback(outcomes), self.db.write() as conn:
             if self._heartbeat is not None and self._heartbeat.take(self.clock.monotonic()):
                 lease.renew(conn, now, self.tick_stats)
-            if fire_cron:
-                report.fired = self._fire_cron(conn, snapshot, now, report)
-                self._maybe_ready = self._maybe_ready or report.fired > 0
+            fires = self._plan(conn, snapshot, now) if fire_cron else []
             if found is not None:
                 self._record_watched(conn, found, now)
-            claimed = self._record(conn, snapshot, outcomes, started, now, report)
+            released = self._record(conn, snapshot, outcomes, started, now, report)
             history.insert_logs(conn, [_log_row(x) for x in live])
             cancels = self._poll_cancels(conn)
-            launches = self._launch(conn, snapshot, claimed, now, report)
-            launches += self._claim(conn, snapshot, now, report)
+            claimed = self._claim(conn, snapshot, fires, released, now, report)
+            launches = self._launches(conn, snapshot, claimed, now, report)
         self.executor.release(o.execution_id for o in outcomes)  # only now that they are stored
         for execution_id in cancels:
             self._cancelling.add(execution_id)
@@ -301,29 +299,33 @@ class Engine:
 
     # -- cron -------------------------------------------------------------------------------
 
-    def _fire_cron(
-        self, conn: Connection, snapshot: Snapshot, now: datetime, report: TickReport
-    ) -> int:
+    def _plan(self, conn: Connection, snapshot: Snapshot, now: datetime) -> list[NewExecution]:
+        """Plan the cron phases that are due (saving their schedule state); their fire rows.
+
+        The pause flags are read only when some phase is due: most ticks plan nothing.
+        """
+        tz = self.config.timezone
+        states = self._states
+        due = [s for s in snapshot.cron if _needs_planning(s, states.get(_key(s)), False, now, tz)]
+        if not due:
+            return []
         paused = history.paused_phases(conn)
         rows: list[NewExecution] = []
-        states: list[PhaseState] = []
-        for spec in snapshot.cron:
-            key = (spec.file_path, spec.task)
-            state = self._states.get(key)
+        planned: list[PhaseState] = []
+        for spec in due:
+            key = _key(spec)
+            state = states.get(key)
             if state is not None and state.paused != (key in paused):
-                state = replace(state, paused=key in paused)  # the command line flips it
-            if not _needs_planning(spec, state, key in paused, now, self.config.timezone):
+                state = states[key] = replace(state, paused=key in paused)  # the CLI flips it
+            if not _needs_planning(spec, state, key in paused, now, tz):
                 continue
-            plan = planner.plan_cron(spec, state, now, self.config.timezone)
-            self._states[key] = plan.state
-            states.append(plan.state)
+            plan = planner.plan_cron(spec, state, now, tz)
+            states[key] = plan.state
+            planned.append(plan.state)
             for fire in plan.fires:
                 rows.extend(self._rows_or_error(fire, now))
-        history.save_phase_states(conn, states)
-        inserted = history.insert_executions(conn, rows, now)
-        if inserted:
-            report.fires.extend(rows)
-        return inserted
+        history.save_phase_states(conn, planned)
+        return rows
 
     def _rows_or_error(self, fire: planner.Fire, now: datetime) -> list[NewExecution]:
         try:
@@ -342,8 +344,9 @@ class Engine:
         started: list[tuple[int, int | None, datetime]],
         now: datetime,
         report: TickReport,
-    ) -> list[Execution]:
-        """Record ends and what they release; returns released rows claimed at once."""
+    ) -> list[NewExecution]:
+        """Record ends with their logs and alerts; returns the rows they release (children,
+        retries), for the claim to insert."""
         done = {o.execution_id for o in outcomes}
         history.record_pids(conn, [s for s in started if s[0] not in done])
         finishes: list[Finish] = []
@@ -367,26 +370,18 @@ class Engine:
                 report.failed += 1
         history.record_finishes(conn, finishes)
         history.insert_logs(conn, logs)
-        direct, queued = self._split_direct(snapshot, follow.rows, now)
-        history.insert_executions(conn, queued, now)
-        for row in queued:
-            if row.not_before > now:
-                heapq.heappush(self._not_before, row.not_before)
-            elif row.status is Status.QUEUED:
-                self._maybe_ready = True
         history.insert_alerts(conn, follow.alerts, now)
         report.finished = len(finishes)
-        return history.insert_claimed(conn, direct, now)
+        return follow.rows
 
     def _split_direct(
-        self, snapshot: Snapshot, rows: list[NewExecution], now: datetime
+        self, snapshot: Snapshot, rows: list[NewExecution], now: datetime, free: int
     ) -> tuple[list[NewExecution], list[NewExecution]]:
-        """Released rows that may start at once, skipping the queue, and the rest.
+        """New rows that may start at once, skipping the queue, and the rest.
 
         Only when no older row waits (the last claim emptied the queue) and no phase has a
         concurrency limit; otherwise everything goes through the queue, oldest first.
         """
-        free = self.config.max_workers - self.executor.running()
         if self._backlog or snapshot.limited or free <= 0:
             return [], rows
         direct: list[NewExecution] = []
@@ -443,28 +438,65 @@ class Engine:
     # -- claiming and launching ---------------------------------------------------------------
 
     def _claim(
-        self, conn: Connection, snapshot: Snapshot, now: datetime, report: TickReport
-    ) -> list[Launch]:
+        self,
+        conn: Connection,
+        snapshot: Snapshot,
+        fires: list[NewExecution],
+        released: list[NewExecution],
+        now: datetime,
+        report: TickReport,
+    ) -> list[Execution]:
+        """Insert the tick's new rows (cron fires, released children and retries) and claim
+        what may start now, up to the free workers: new rows at once when nothing older waits,
+        then the oldest ready rows of the queue."""
         free = self.config.max_workers - self.executor.running()
-        if free <= 0 or not self._maybe_ready:
-            return []
-        slack = _CANDIDATE_SLACK if snapshot.limited else 0
-        candidates = history.queued_ready(conn, now, free + slack)
+        direct, queued = self._split_direct(snapshot, fires + released, now, free)
+        claimed = history.insert_claimed(conn, [r for r in direct if not r.fire_key], now)
+        fired = history.insert_claimed(conn, [r for r in direct if r.fire_key], now)
+        report.fired = len(fired) + history.insert_executions(
+            conn, [r for r in queued if r.fire_key], now
+        )
+        history.insert_executions(conn, [r for r in queued if not r.fire_key], now)
+        if report.fired:
+            report.fires.extend(fires)
+        for row in queued:
+            if row.not_before > now:
+                heapq.heappush(self._not_before, row.not_before)
+            elif row.status is Status.QUEUED:
+                self._maybe_ready = self._backlog = True  # older than anything released later
+        claimed += fired
+        free -= len(claimed)
+        if free > 0 and self._maybe_ready:
+            claimed += self._claim_queued(conn, snapshot, free, now, report)
+        return claimed
+
+    def _claim_queued(
+        self, conn: Connection, snapshot: Snapshot, free: int, now: datetime, report: TickReport
+    ) -> list[Execution]:
+        """Claim up to ``free`` ready rows of the queue, oldest first; a row whose phase can no
+        longer run ends as an error. With per-phase limits, extra candidates are read so a
+        phase at its limit does not starve the others."""
+        if snapshot.limited:
+            candidates = history.queued_ready(conn, now, free + _CANDIDATE_SLACK)
+            per_phase = Counter((e.file_path, e.task) for e in self._running.values())
+            chosen = dispatcher.select(
+                (c for c in candidates if _runnable(snapshot, c)),
+                snapshot.specs,
+                dispatcher.Slots(free, per_phase),
+            )
+            history.mark_running(conn, [e.id for e in chosen], now)
+            self._backlog = len(candidates) >= free + _CANDIDATE_SLACK
+        else:
+            candidates = history.claim_ready(conn, now, free)  # one statement: marked running
+            chosen = [c for c in candidates if _runnable(snapshot, c)]
+            self._backlog = len(candidates) >= free
         unrunnable = [c for c in candidates if not _runnable(snapshot, c)]
         if unrunnable:
             self._fail_unrunnable(conn, snapshot, unrunnable, now, report)
-        per_phase = Counter((e.file_path, e.task) for e in self._running.values())
-        chosen = dispatcher.select(
-            (c for c in candidates if _runnable(snapshot, c)),
-            snapshot.specs,
-            dispatcher.Slots(free, per_phase),
-        )
-        history.mark_running(conn, [e.id for e in chosen], now)
-        self._backlog = len(candidates) >= free + slack
         self._maybe_ready = self._backlog
-        return self._launch(conn, snapshot, chosen, now, report)
+        return chosen
 
-    def _launch(
+    def _launches(
         self,
         conn: Connection,
         snapshot: Snapshot,
@@ -835,7 +867,9 @@ class Engine:
             return
         self._backlog = True  # nothing may start now: released rows stay queued
         with self.db.write() as conn:
-            self._record(conn, self._snapshot, outcomes, [], self.clock.now(), TickReport())
+            now = self.clock.now()
+            released = self._record(conn, self._snapshot, outcomes, [], now, TickReport())
+            history.insert_executions(conn, released, now)
         self.executor.release(o.execution_id for o in outcomes)
 
 
@@ -874,6 +908,10 @@ def _needs_planning(
     if paused:
         return False
     return state.next_fire is None or state.next_fire <= now
+
+
+def _key(spec: PhaseSpec) -> PhaseKey:
+    return (spec.file_path, spec.task)
 
 
 def _runnable(snapshot: Snapshot, execution: Execution) -> bool:

@@ -171,6 +171,8 @@ def iso(moment: datetime) -> str:
     The fixed width (microseconds always written, year zero-padded) is what makes text order
     equal time order in the database. Raises ValueError for a naive datetime.
     """
+    if moment.tzinfo is UTC:  # the common case, on the tick's hot path: no conversion
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
     t = _require_aware(moment).astimezone(UTC).replace(tzinfo=None)
     return t.isoformat(timespec="microseconds") + "Z"
 
@@ -185,6 +187,8 @@ def from_iso(text: str) -> datetime:
 
 
 def _as_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is UTC:
+        return moment
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)

@@ -13,9 +13,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Insert, and_, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, delete, func, insert, select, update
 
+from scheduler.store.dbapi import Statement, ValuesStatement
 from scheduler.store.schema import (
     alerts,
     cancel_requests,
@@ -72,29 +72,34 @@ class NewExecution:
     parent_execution_id: int | None = None
     fire_key: str | None = None
 
-    def values(self, now: datetime) -> dict[str, Any]:
+    def row(self, stamp: str) -> tuple[Any, ...]:
+        """The values of ``INSERT_COLUMNS`` for this row, ``stamp`` being ``iso(now)``."""
         topic, _, job = self.task.partition(":")
-        return {
-            "task_id": self.task_id,
-            "file_path": self.file_path,
-            "task": self.task,
-            "topic": topic,
-            "job": job,
-            "task_time": iso(self.task_time) if self.task_time else None,
-            "attempt": self.attempt,
-            "trigger": self.trigger.value,
-            "status": self.status.value,
-            "info": self.info,
-            "meta": json.dumps(dict(self.meta), sort_keys=True),
-            "msg": self.msg,
-            "created_at": iso(now),
-            "not_before": iso(self.not_before),
-            "parent_execution_id": self.parent_execution_id,
-            "fire_key": self.fire_key,
-            "started_at": iso(now) if self.status in FINISHED else None,
-            "ended_at": iso(now) if self.status in FINISHED else None,
-            "duration_seconds": 0.0 if self.status in FINISHED else None,
-        }
+        done = self.status in FINISHED
+        return (
+            self.task_id,
+            self.file_path,
+            self.task,
+            topic,
+            job,
+            iso(self.task_time) if self.task_time else None,
+            self.attempt,
+            self.trigger.value,
+            self.status.value,
+            self.info,
+            json.dumps(dict(self.meta), sort_keys=True) if self.meta else "{}",
+            self.msg,
+            stamp,
+            iso(self.not_before),
+            self.parent_execution_id,
+            self.fire_key,
+            stamp if done else None,
+            stamp if done else None,
+            0.0 if done else None,
+        )
+
+    def values(self, now: datetime) -> dict[str, Any]:
+        return dict(zip(INSERT_COLUMNS, self.row(iso(now)), strict=True))
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,17 @@ class Execution:
     not_before: datetime
     parent_execution_id: int | None
     pid: int | None
+
+    @classmethod
+    def from_tuple(cls, r: Sequence[Any]) -> Execution:
+        """From a row of every ``executions`` column in table order (the hot path's SELECTs)."""
+        return cls(
+            r[0], r[1], r[2], r[3], r[4], r[5],
+            _time(r[6]), r[7], Trigger(r[8]), Status(r[9]), r[10],
+            json.loads(r[11]) if r[11] and r[11] != "{}" else {},
+            r[12], r[13], from_iso(r[14]), _time(r[15]), _time(r[16]), from_iso(r[17]),
+            r[18], r[19],
+        )  # fmt: skip
 
     @classmethod
     def from_row(cls, row: Any) -> Execution:
@@ -214,163 +230,163 @@ def _time(text: str | None) -> datetime | None:
     return from_iso(text) if text else None
 
 
-def insert_executions(conn: Connection, rows: Sequence[NewExecution], now: datetime) -> int:
-    """Insert rows; a cron fire already recorded (same phase and fire key) is skipped.
+# -- the tick's hot path: plain SQL through the DB-API (see store/dbapi.py) ------------------------
 
-    Returns how many rows were inserted.
-    """
-    plain = [row.values(now) for row in rows if not row.fire_key]
-    fires = [row.values(now) for row in rows if row.fire_key]
-    if plain:
-        conn.execute(insert(executions), plain)
-    inserted = len(plain)
-    if fires:
-        # Count what RETURNING gives back: executemany's rowcount is -1 on some drivers.
-        statement = _insert_ignoring_duplicates(conn).returning(executions.c.id)
-        inserted += len(conn.execute(statement, fires).all())
-    return inserted
-
-
-_INSERT_RETURNING_ID = insert(executions).returning(executions.c.id, sort_by_parameter_order=True)
-
-
-def insert_returning_ids(
-    conn: Connection, rows: Sequence[NewExecution], now: datetime
-) -> list[int]:
-    """Insert rows that are not cron fires (manual, backfill) and return their ids in order."""
-    if not rows:
-        return []
-    return [row.id for row in conn.execute(_INSERT_RETURNING_ID, [r.values(now) for r in rows])]
-
-
-_INSERT_CLAIMED = insert(executions).returning(*executions.c, sort_by_parameter_order=True)
-
-
-def insert_claimed(
-    conn: Connection, rows: Sequence[NewExecution], now: datetime
-) -> list[Execution]:
-    """Insert rows that start at once (status running) and return them with their ids."""
-    if not rows:
-        return []
-    started = iso(now)
-    values = [
-        {**row.values(now), "status": Status.RUNNING.value, "started_at": started} for row in rows
-    ]
-    return [Execution.from_row(r) for r in conn.execute(_INSERT_CLAIMED, values)]
-
-
-def _insert_ignoring_duplicates(conn: Connection) -> Insert:
-    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
-    if dialect is None:
-        return insert(executions)
-    statement: Any = dialect.insert(executions)
-    return statement.on_conflict_do_nothing(  # type: ignore[no-any-return]
-        index_elements=["file_path", "task", "fire_key"]
-    )
-
-
-# The hot statements are built once: building them per call costs more than running them.
-_READY = (
-    select(executions)
-    .where(executions.c.status == Status.QUEUED.value, executions.c.not_before <= bindparam("now_"))
-    .order_by(executions.c.not_before, executions.c.id)
-    .limit(bindparam("limit_"))
+INSERT_COLUMNS = (
+    "task_id",
+    "file_path",
+    "task",
+    "topic",
+    "job",
+    "task_time",
+    "attempt",
+    "trigger",
+    "status",
+    "info",
+    "meta",
+    "msg",
+    "created_at",
+    "not_before",
+    "parent_execution_id",
+    "fire_key",
+    "started_at",
+    "ended_at",
+    "duration_seconds",
 )
-_MARK_RUNNING = (
-    update(executions)
-    .where(executions.c.id == bindparam("eid"))
-    .values(status=Status.RUNNING.value, started_at=bindparam("started"))
+_ALL = ", ".join(f'"{c.name}"' for c in executions.c)  # Execution.from_tuple's order
+_INTO = "INSERT INTO executions (" + ", ".join(f'"{c}"' for c in INSERT_COLUMNS) + ")"
+_INSERT = Statement(f"{_INTO} VALUES ({', '.join('?' * len(INSERT_COLUMNS))})")
+_INSERT_FIRES = ValuesStatement(
+    _INTO, len(INSERT_COLUMNS), "ON CONFLICT (file_path, task, fire_key) DO NOTHING RETURNING id"
 )
-_FINISH = (
-    update(executions)
-    .where(executions.c.id == bindparam("eid"))
-    .values(
-        status=bindparam("status_"),
-        msg=bindparam("msg_"),
-        exit_code=bindparam("code"),
-        started_at=bindparam("started"),
-        ended_at=bindparam("ended"),
-        duration_seconds=bindparam("seconds"),
-        pid=bindparam("pid_"),
-    )
+_INSERT_RETURNING_ID = ValuesStatement(_INTO, len(INSERT_COLUMNS), "RETURNING id")
+# A cron fire already recorded is skipped (no row comes back); fire_key is NULL on other rows,
+# and NULLs never conflict.
+_INSERT_RETURNING_ALL = ValuesStatement(
+    _INTO,
+    len(INSERT_COLUMNS),
+    f"ON CONFLICT (file_path, task, fire_key) DO NOTHING RETURNING {_ALL}",
 )
-_META = (
-    update(executions).where(executions.c.id == bindparam("eid")).values(meta=bindparam("meta_"))
+_READY = Statement(
+    f"SELECT {_ALL} FROM executions WHERE status = 'queued' AND not_before <= ? "
+    "ORDER BY not_before, id LIMIT ?"
 )
-_PIDS = (
-    update(executions)
-    .where(executions.c.id == bindparam("eid"))
-    .values(pid=bindparam("pid_"), started_at=bindparam("started"))
+_CLAIM = Statement(
+    "UPDATE executions SET status = 'running', started_at = ? WHERE id IN (SELECT id FROM "
+    "executions WHERE status = 'queued' AND not_before <= ? ORDER BY not_before, id LIMIT ?) "
+    f"RETURNING {_ALL}"
+)
+_MARK_RUNNING = Statement("UPDATE executions SET status = 'running', started_at = ? WHERE id = ?")
+_FINISH = Statement(
+    "UPDATE executions SET status = ?, msg = ?, exit_code = ?, started_at = ?, ended_at = ?, "
+    "duration_seconds = ?, pid = ? WHERE id = ?"
+)
+_META = Statement("UPDATE executions SET meta = ? WHERE id = ?")
+_PIDS = Statement("UPDATE executions SET pid = ?, started_at = ? WHERE id = ?")
+_LOG = Statement(
+    "INSERT INTO execution_logs (execution_id, seq, ts, stream, line) VALUES (?, ?, ?, ?, ?)"
 )
 _NEXT_QUEUED = select(func.min(executions.c.not_before)).where(
     executions.c.status == Status.QUEUED.value
 )
 
 
+def insert_executions(conn: Connection, rows: Sequence[NewExecution], now: datetime) -> int:
+    """Insert rows; a cron fire already recorded (same phase and fire key) is skipped.
+
+    Returns how many rows were inserted.
+    """
+    stamp = iso(now)
+    plain = [row.row(stamp) for row in rows if not row.fire_key]
+    fires = [row.row(stamp) for row in rows if row.fire_key]
+    _INSERT.run_many(conn, plain)
+    # Count what RETURNING gives back: executemany's rowcount is -1 on some drivers.
+    return len(plain) + sum(1 for _ in _INSERT_FIRES.run(conn, fires))
+
+
+def insert_returning_ids(
+    conn: Connection, rows: Sequence[NewExecution], now: datetime
+) -> list[int]:
+    """Insert rows that are not cron fires (manual, backfill) and return their ids in order."""
+    stamp = iso(now)
+    return sorted(row[0] for row in _INSERT_RETURNING_ID.run(conn, [r.row(stamp) for r in rows]))
+
+
+def insert_claimed(
+    conn: Connection, rows: Sequence[NewExecution], now: datetime
+) -> list[Execution]:
+    """Insert rows that start at once (status running) and return them with their ids."""
+    stamp = iso(now)
+    values = [_running(row.row(stamp), stamp) for row in rows]
+    inserted = sorted(_INSERT_RETURNING_ALL.run(conn, values), key=lambda r: r[0])
+    return [Execution.from_tuple(r) for r in inserted]
+
+
+_STATUS_AT = INSERT_COLUMNS.index("status")
+_STARTED_AT = INSERT_COLUMNS.index("started_at")
+
+
+def _running(values: tuple[Any, ...], stamp: str) -> tuple[Any, ...]:
+    """An insert's values as a row that starts now (ids come in insertion order, so sorting
+    what RETURNING gives back by id restores the order given)."""
+    row = list(values)
+    row[_STATUS_AT] = Status.RUNNING.value
+    row[_STARTED_AT] = stamp
+    return tuple(row)
+
+
 def queued_ready(conn: Connection, now: datetime, limit: int) -> list[Execution]:
     """Queued rows whose time has come, oldest first, without claiming them."""
-    rows = conn.execute(_READY, {"now_": iso(now), "limit_": limit})
-    return [Execution.from_row(row) for row in rows]
+    return [Execution.from_tuple(row) for row in _READY.run(conn, (iso(now), limit))]
+
+
+def claim_ready(conn: Connection, now: datetime, limit: int) -> list[Execution]:
+    """Mark up to ``limit`` ready queued rows running (started now), oldest first, and return
+    them in that order: ``queued_ready`` and ``mark_running`` in one statement."""
+    stamp = iso(now)
+    rows = [Execution.from_tuple(r) for r in _CLAIM.run(conn, (stamp, stamp, limit))]
+    return sorted(rows, key=lambda e: (e.not_before, e.id))
 
 
 def mark_running(conn: Connection, ids: Iterable[int], now: datetime) -> None:
     started = iso(now)
-    params = [{"eid": i, "started": started} for i in ids]
-    if params:
-        conn.execute(_MARK_RUNNING, params)
+    _MARK_RUNNING.run_many(conn, [(started, i) for i in ids])
 
 
 def record_finishes(conn: Connection, finishes: Sequence[Finish]) -> None:
     """Write each execution's end: status, msg, exit code, times and duration, pid, and
     emitted meta."""
-    if finishes:
-        conn.execute(
-            _FINISH,
-            [
-                {
-                    "eid": f.execution_id,
-                    "status_": f.status.value,
-                    "msg_": f.msg,
-                    "code": f.exit_code,
-                    "started": iso(f.started_at),
-                    "ended": iso(f.ended_at),
-                    "seconds": (f.ended_at - f.started_at).total_seconds(),
-                    "pid_": f.pid,
-                }
-                for f in finishes
-            ],
-        )
-        metas = [
-            {"eid": f.execution_id, "meta_": json.dumps(dict(f.meta), sort_keys=True)}
+    _FINISH.run_many(
+        conn,
+        [
+            (
+                f.status.value,
+                f.msg,
+                f.exit_code,
+                iso(f.started_at),
+                iso(f.ended_at),
+                (f.ended_at - f.started_at).total_seconds(),
+                f.pid,
+                f.execution_id,
+            )
             for f in finishes
-            if f.meta is not None
-        ]
-        if metas:
-            conn.execute(_META, metas)
+        ],
+    )
+    metas = [
+        (json.dumps(dict(f.meta), sort_keys=True), f.execution_id)
+        for f in finishes
+        if f.meta is not None
+    ]
+    _META.run_many(conn, metas)
 
 
 def record_pids(conn: Connection, pids: Sequence[tuple[int, int | None, datetime]]) -> None:
     """Note the process id and real start time of executions that began."""
-    params = [{"eid": e, "pid_": p, "started": iso(t)} for e, p, t in pids]
-    if params:
-        conn.execute(_PIDS, params)
+    _PIDS.run_many(conn, [(p, iso(t), e) for e, p, t in pids])
 
 
 def insert_logs(conn: Connection, lines: Sequence[LogRow]) -> None:
-    if lines:
-        conn.execute(
-            insert(execution_logs),
-            [
-                {
-                    "execution_id": x.execution_id,
-                    "seq": x.seq,
-                    "ts": iso(x.ts),
-                    "stream": x.stream,
-                    "line": x.line,
-                }
-                for x in lines
-            ],
-        )
+    _LOG.run_many(conn, [(x.execution_id, x.seq, iso(x.ts), x.stream, x.line) for x in lines])
 
 
 def delete_logs(conn: Connection, execution_ids: Sequence[int]) -> None:
@@ -497,56 +513,31 @@ def phase_states(conn: Connection) -> dict[tuple[str, str], PhaseState]:
     return result
 
 
+_SAVE_STATE = Statement(
+    "INSERT INTO phase_state (file_path, task, first_seen, evaluated_until, cron, next_fire, "
+    "paused) VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (file_path, task) DO UPDATE SET "
+    "evaluated_until = excluded.evaluated_until, cron = excluded.cron, "
+    "next_fire = excluded.next_fire"
+)
+
+
 def save_phase_states(conn: Connection, states: Sequence[PhaseState]) -> None:
     """Insert or update these phases' schedule columns. ``paused`` is left as stored: it is
     the command line's to set, and a running scheduler must never write it back stale."""
-    if not states:
-        return
-    params = [
-        {
-            "fp": s.file_path,
-            "tk": s.task,
-            "p_first": iso(s.first_seen),
-            "p_eval": iso(s.evaluated_until),
-            "p_cron": s.cron,
-            "p_next": iso(s.next_fire) if s.next_fire else None,
-        }
-        for s in states
-    ]
-    where = and_(phase_state.c.file_path == bindparam("fp"), phase_state.c.task == bindparam("tk"))
-    stored = {
-        (r.file_path, r.task)
-        for r in conn.execute(select(phase_state.c.file_path, phase_state.c.task))
-    }
-    old = [p for p in params if (p["fp"], p["tk"]) in stored]
-    new = [p for p in params if (p["fp"], p["tk"]) not in stored]
-    if old:
-        conn.execute(
-            update(phase_state)
-            .where(where)
-            .values(
-                evaluated_until=bindparam("p_eval"),
-                cron=bindparam("p_cron"),
-                next_fire=bindparam("p_next"),
-            ),
-            old,
-        )
-    if new:
-        conn.execute(
-            insert(phase_state),
-            [
-                {
-                    "file_path": p["fp"],
-                    "task": p["tk"],
-                    "first_seen": p["p_first"],
-                    "evaluated_until": p["p_eval"],
-                    "cron": p["p_cron"],
-                    "next_fire": p["p_next"],
-                    "paused": 0,
-                }
-                for p in new
-            ],
-        )
+    _SAVE_STATE.run_many(
+        conn,
+        [
+            (
+                s.file_path,
+                s.task,
+                iso(s.first_seen),
+                iso(s.evaluated_until),
+                s.cron,
+                iso(s.next_fire) if s.next_fire else None,
+            )
+            for s in states
+        ],
+    )
 
 
 def paused_phases(conn: Connection) -> set[tuple[str, str]]:

@@ -121,16 +121,21 @@ def take_over(conn: Connection, now: datetime, seen: Holder) -> bool:
 def renew(conn: Connection, now: datetime, ticks: TickStats | None = None) -> None:
     """Refresh the heartbeat (and the tick histogram, when given); raises LeaseHeld if another
     scheduler took the lease meanwhile."""
-    held = current(conn)
-    if held is None or not held.is_me():
-        if held is not None:
-            raise LeaseHeld(held)
-        acquire(conn, now)
-        return
     values = {"heartbeat": iso(now)}
     if ticks is not None:
         values["ticks"] = ticks.to_json()
-    conn.execute(update(scheduler_lease).where(scheduler_lease.c.name == _NAME).values(values))
+    mine = (
+        (scheduler_lease.c.name == _NAME)
+        & (scheduler_lease.c.host == host_name())
+        & (scheduler_lease.c.pid == os.getpid())
+    )
+    # One statement while we hold it (every second, inside the tick); read only when we don't.
+    if conn.execute(update(scheduler_lease).where(mine).values(values)).rowcount == 1:
+        return
+    held = current(conn)
+    if held is not None:
+        raise LeaseHeld(held)
+    acquire(conn, now)
 
 
 @dataclass
