@@ -555,7 +555,10 @@ class Engine:
         candidates = [now + timedelta(seconds=min(self._poll.left(mono), self._refresh.left(mono)))]
         if self._not_before:
             candidates.append(self._not_before[0])
-        candidates.extend(s.next_fire for s in self._states.values() if s.next_fire)
+        # A paused phase keeps its past next_fire: waking for it would spin. Its resume is
+        # seen by a tick, and the idle poll bounds the wait.
+        states = self._states.values()
+        candidates.extend(s.next_fire for s in states if s.next_fire and not s.paused)
         return max(now, min(candidates))
 
     def wait(self, until: datetime, stop: threading.Event | None = None) -> None:

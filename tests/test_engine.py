@@ -454,6 +454,22 @@ def test_paused_phase_does_not_fire(
     assert all_rows(db) == []
 
 
+def test_a_paused_phase_past_its_fire_time_does_not_wake_the_daemon_at_once(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
+) -> None:
+    """A paused phase keeps its past next_fire; waking for it would spin the daemon."""
+    write_workflow("p.toml", f'[[phase]]\ntask = "p"\nrule = "cron=0 * * * *"\ntemplate = "{PY}"\n')
+    engine = engine_for()
+    engine.tick(clock.now())
+    with db.write() as conn:
+        conn.execute(history.phase_state.update().values(paused=1))
+    clock.current = at("2024-01-02T15:00:00")
+    engine.tick(clock.now())
+    clock.current += timedelta(milliseconds=1)
+    engine.tick(clock.now())  # the idle poll is taken: only schedules bound the wait now
+    assert engine.next_wakeup(clock.now()) > clock.now()
+
+
 def test_warn_completes_without_children(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
