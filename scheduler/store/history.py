@@ -540,9 +540,12 @@ def save_phase_states(conn: Connection, states: Sequence[PhaseState]) -> None:
     )
 
 
+_PAUSED = Statement("SELECT file_path, task FROM phase_state WHERE paused = 1")
+
+
 def paused_phases(conn: Connection) -> set[tuple[str, str]]:
-    query = select(phase_state.c.file_path, phase_state.c.task).where(phase_state.c.paused == 1)
-    return {(r.file_path, r.task) for r in conn.execute(query)}
+    rows: list[Any] = list(_PAUSED.run(conn))
+    return {(row[0], row[1]) for row in rows}
 
 
 # -- cancel ----------------------------------------------------------------------------------------

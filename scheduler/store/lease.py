@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import ClassVar
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select
 
 from scheduler.errors import TomlflowError
+from scheduler.store.dbapi import Statement
 from scheduler.store.schema import scheduler_lease
 from scheduler.tasktime import from_iso, iso
 
@@ -118,19 +119,18 @@ def take_over(conn: Connection, now: datetime, seen: Holder) -> bool:
     return True
 
 
+_RENEW = Statement(
+    "UPDATE scheduler_lease SET heartbeat = ?, ticks = COALESCE(?, ticks) "
+    "WHERE name = ? AND host = ? AND pid = ?"
+)
+
+
 def renew(conn: Connection, now: datetime, ticks: TickStats | None = None) -> None:
     """Refresh the heartbeat (and the tick histogram, when given); raises LeaseHeld if another
     scheduler took the lease meanwhile."""
-    values = {"heartbeat": iso(now)}
-    if ticks is not None:
-        values["ticks"] = ticks.to_json()
-    mine = (
-        (scheduler_lease.c.name == _NAME)
-        & (scheduler_lease.c.host == host_name())
-        & (scheduler_lease.c.pid == os.getpid())
-    )
     # One statement while we hold it (every second, inside the tick); read only when we don't.
-    if conn.execute(update(scheduler_lease).where(mine).values(values)).rowcount == 1:
+    stats = None if ticks is None else ticks.to_json()
+    if _RENEW.run(conn, (iso(now), stats, _NAME, host_name(), os.getpid())).rowcount == 1:
         return
     held = current(conn)
     if held is not None:
