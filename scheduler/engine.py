@@ -2,13 +2,22 @@
 
 One tick, in order:
 
-1. refresh workflow files when the refresh interval has passed;
-2. plan the cron fires that are due;
-3. in ONE write transaction: record the cron fires, record every finished execution with its
-   logs and what it releases (children, retry, alert), store the output running executions
-   printed so far, read user cancels, and claim the queued rows that may start;
-4. after that transaction commits, let the executor release the recorded ends' receipts, hand
-   it the cancels and the claimed rows.
+1. refresh workflow files when the refresh interval has passed; collect what ended;
+2. in ONE write transaction, four named steps:
+   - **plan** (``_plan``): the cron fires that are due, with their schedule state;
+   - **record** (``_record``): every finished execution with its logs and alerts; it returns
+     what the ends release (children, retries);
+   - **claim** (``_claim``): insert the new rows; those that may start now start directly
+     (inserted as running), the rest wait in the queue, and the oldest ready queued rows fill
+     the workers still free (one ``UPDATE ... RETURNING``);
+   - **launch** (``_launches``): build each claimed row's launch (a row that cannot even
+     start ends as an error here);
+   plus the output running executions printed so far and the user cancels;
+3. after that transaction commits, let the executor release the recorded ends' receipts, hand
+   it the cancels and the launches.
+
+The tick's statements that run on every tick are plain SQL through the DB-API
+(``store/dbapi.py``): building SQLAlchemy statements costs more than running them.
 
 On start, what a stopped scheduler left running is settled from the executor's receipts
 (``_recover``): true results are recorded as live ends are, live commands are adopted.
