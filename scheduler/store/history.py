@@ -301,7 +301,7 @@ def insert_executions(conn: Connection, rows: Sequence[NewExecution], now: datet
     fires = [row.row(stamp) for row in rows if row.fire_key]
     _INSERT.run_many(conn, plain)
     # Count what RETURNING gives back: executemany's rowcount is -1 on some drivers.
-    return len(plain) + sum(1 for _ in _INSERT_FIRES.run(conn, fires))
+    return len(plain) + len(_INSERT_FIRES.rows(conn, fires))
 
 
 def insert_returning_ids(
@@ -309,7 +309,7 @@ def insert_returning_ids(
 ) -> list[int]:
     """Insert rows that are not cron fires (manual, backfill) and return their ids in order."""
     stamp = iso(now)
-    return sorted(row[0] for row in _INSERT_RETURNING_ID.run(conn, [r.row(stamp) for r in rows]))
+    return sorted(row[0] for row in _INSERT_RETURNING_ID.rows(conn, [r.row(stamp) for r in rows]))
 
 
 def insert_claimed(
@@ -318,7 +318,7 @@ def insert_claimed(
     """Insert rows that start at once (status running) and return them with their ids."""
     stamp = iso(now)
     values = [_running(row.row(stamp), stamp) for row in rows]
-    inserted = sorted(_INSERT_RETURNING_ALL.run(conn, values), key=lambda r: r[0])
+    inserted = sorted(_INSERT_RETURNING_ALL.rows(conn, values), key=lambda r: r[0])
     return [Execution.from_tuple(r) for r in inserted]
 
 
@@ -337,14 +337,14 @@ def _running(values: tuple[Any, ...], stamp: str) -> tuple[Any, ...]:
 
 def queued_ready(conn: Connection, now: datetime, limit: int) -> list[Execution]:
     """Queued rows whose time has come, oldest first, without claiming them."""
-    return [Execution.from_tuple(row) for row in _READY.run(conn, (iso(now), limit))]
+    return [Execution.from_tuple(row) for row in _READY.rows(conn, (iso(now), limit))]
 
 
 def claim_ready(conn: Connection, now: datetime, limit: int) -> list[Execution]:
     """Mark up to ``limit`` ready queued rows running (started now), oldest first, and return
     them in that order: ``queued_ready`` and ``mark_running`` in one statement."""
     stamp = iso(now)
-    rows = [Execution.from_tuple(r) for r in _CLAIM.run(conn, (stamp, stamp, limit))]
+    rows = [Execution.from_tuple(r) for r in _CLAIM.rows(conn, (stamp, stamp, limit))]
     return sorted(rows, key=lambda e: (e.not_before, e.id))
 
 
@@ -544,8 +544,7 @@ _PAUSED = Statement("SELECT file_path, task FROM phase_state WHERE paused = 1")
 
 
 def paused_phases(conn: Connection) -> set[tuple[str, str]]:
-    rows: list[Any] = list(_PAUSED.run(conn))
-    return {(row[0], row[1]) for row in rows}
+    return {(row[0], row[1]) for row in _PAUSED.rows(conn)}
 
 
 # -- cancel ----------------------------------------------------------------------------------------

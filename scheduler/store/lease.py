@@ -130,7 +130,7 @@ def renew(conn: Connection, now: datetime, ticks: TickStats | None = None) -> No
     scheduler took the lease meanwhile."""
     # One statement while we hold it (every second, inside the tick); read only when we don't.
     stats = None if ticks is None else ticks.to_json()
-    if _RENEW.run(conn, (iso(now), stats, _NAME, host_name(), os.getpid())).rowcount == 1:
+    if _RENEW.run(conn, (iso(now), stats, _NAME, host_name(), os.getpid())) == 1:
         return
     held = current(conn)
     if held is not None:
