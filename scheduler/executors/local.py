@@ -88,6 +88,7 @@ class LocalExecutor:
         ]
         for thread in self._threads:
             thread.start()
+        self._called: set[int] = set()  # Python workers' executions: nothing in the spool
         self._janitor: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._janitor_thread = threading.Thread(
             target=self._sweep_released, name="tomlflow-spool-janitor", daemon=True
@@ -123,8 +124,11 @@ class LocalExecutor:
         # Deleting files costs the engine's thread more than recording an end: a janitor thread
         # does it. Files not deleted yet when we die are swept by the next start's recovery.
         ids = list(execution_ids)
-        if ids:
-            self._janitor.put(ids)
+        # A Python worker leaves no files: waking the janitor for it would only cost the engine.
+        spooled = [i for i in ids if i not in self._called]
+        self._called.difference_update(ids)
+        if spooled:
+            self._janitor.put(spooled)
 
     def _sweep_released(self) -> None:
         while (ids := self._janitor.get()) is not None:
@@ -258,6 +262,7 @@ class LocalExecutor:
     def _execute(self, launch: Launch, run: Run, waker: Waker, started_at: datetime) -> Outcome:
         eid = launch.execution_id
         if launch.callable is not None:  # a Python worker: called on this thread, no process
+            self._called.add(eid)  # before its outcome is published, so release sees it
             self._board.note_started(eid, None, started_at)
             result, msg, meta = call_python(launch)
             return make_outcome(eid, result, msg, started_at, self._now(), meta=meta)
