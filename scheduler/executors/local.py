@@ -13,6 +13,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,8 @@ from scheduler.executors.spool import Spool
 log = logging.getLogger(__name__)
 
 NOT_HERE = "outcome unknown: it ran on another machine, whose scheduler stopped"
+RELEASE_BATCH = 64  # released executions handed to the janitor at once ...
+RELEASE_EVERY = 0.5  # ... or after this many seconds; what a crash leaves, the next start sweeps
 
 
 class LocalExecutor:
@@ -89,6 +92,8 @@ class LocalExecutor:
         for thread in self._threads:
             thread.start()
         self._called: set[int] = set()  # Python workers' executions: nothing in the spool
+        self._released: list[int] = []  # recorded ends whose files the janitor will delete
+        self._release_due = 0.0  # monotonic
         self._janitor: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._janitor_thread = threading.Thread(
             target=self._sweep_released, name="tomlflow-spool-janitor", daemon=True
@@ -123,12 +128,21 @@ class LocalExecutor:
     def release(self, execution_ids: Iterable[int]) -> None:
         # Deleting files costs the engine's thread more than recording an end: a janitor thread
         # does it. Files not deleted yet when we die are swept by the next start's recovery.
+        # The janitor is woken for a batch, not every tick: waking a thread costs the engine's
+        # thread the interpreter lock. A Python worker leaves no files at all.
         ids = list(execution_ids)
-        # A Python worker leaves no files: waking the janitor for it would only cost the engine.
-        spooled = [i for i in ids if i not in self._called]
+        self._released += [i for i in ids if i not in self._called]
         self._called.difference_update(ids)
-        if spooled:
-            self._janitor.put(spooled)
+        if len(self._released) >= RELEASE_BATCH or (
+            self._released and time.monotonic() >= self._release_due
+        ):
+            self._flush_released()
+
+    def _flush_released(self) -> None:
+        if self._released:
+            self._janitor.put(self._released)
+            self._released = []
+        self._release_due = time.monotonic() + RELEASE_EVERY
 
     def _sweep_released(self) -> None:
         while (ids := self._janitor.get()) is not None:
@@ -157,6 +171,7 @@ class LocalExecutor:
         outcomes += collect_until_idle(self, self._board, None)
         for thread in self._threads:
             thread.join()
+        self._flush_released()
         self._janitor.put(None)
         self._janitor_thread.join()
         if self._private:
