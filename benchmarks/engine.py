@@ -230,8 +230,8 @@ class Bench:
                 for r in conn.execute(query)
             ]
 
-    def started_count(self) -> int:
-        query = select(func.count()).where(executions.c.started_at.is_not(None))
+    def ended_count(self) -> int:
+        query = select(func.count()).where(executions.c.ended_at.is_not(None))
         with self.db.read() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -348,7 +348,8 @@ def burst_true(phases: int) -> Sample:
     bench = Bench(workflow, 4, python_worker=False)
     try:
         with Daemon(bench):
-            _wait_until(lambda: bench.started_count() >= phases,
+            # Until all ended, not just started: a stop would cancel the last ones, noisily.
+            _wait_until(lambda: bench.ended_count() >= phases,
                         fire_at + timedelta(seconds=60), 0.02)
         fires = bench.fires()
     finally:
@@ -603,14 +604,14 @@ def targeted(scale: int) -> dict[str, Row]:
     width = 10_000 // scale - 2
     rate = Goal("exec/s", higher_is_better=True, absolute=8_000, relative=0.60)
     return {
-        "overhead": Row(f"{width + 2} fan-out, no-op worker", rate, lambda: overhead(width)),
+        "overhead": Row(f"{width + 2:,} fan-out, no-op worker", rate, lambda: overhead(width)),
         "processes": Row(
-            f"{width + 2} fan-out running `true`",
+            f"{width + 2:,} fan-out running `true`",
             Goal("exec/s", higher_is_better=True, absolute=1_300, relative=0.55),
             lambda: processes(width, 10_000 // scale),
         ),
         "burst": Row(
-            f"{1000 // scale} due at one second: last start",
+            f"{1000 // scale:,} due at one second: last start",
             Goal("ms", higher_is_better=False, absolute=100),
             lambda: burst_noop(1000 // scale),
         ),
@@ -625,7 +626,7 @@ def targeted(scale: int) -> dict[str, Row]:
             lambda: cron_single(20 if scale == 1 else 5),
         ),
         "rss": Row(
-            f"run --once, {width + 2} DAG: peak RSS",
+            f"run --once, {width + 2:,} DAG: peak RSS",
             Goal("MB", higher_is_better=False, absolute=120),
             lambda: rss(width),
         ),
