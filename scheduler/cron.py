@@ -221,15 +221,16 @@ def _check_fires(schedule: CronSchedule) -> None:
 
 # next_after is a step function of `after`: for every a in [after, nxt) the answer is nxt. Keeping
 # the last interval per (schedule, zone) makes the engine's "is anything due?" check on every
-# tick a dictionary lookup. Races between threads only cost a recomputation.
-_MEMO: dict[tuple[CronSchedule, ZoneInfo], list[tuple[datetime, datetime]]] = {}
+# tick a dictionary lookup. Races between threads only cost a recomputation. Keyed by what the
+# wall-clock search reads: the strings' hashes are kept by Python, a CronSchedule's is recomputed.
+_MEMO: dict[tuple[str, bool, ZoneInfo], list[tuple[datetime, datetime]]] = {}
 _MEMO_LIMIT = 16384
 _MEMO_INTERVALS = 4  # per schedule: many phases sharing a cron ask about a few neighbouring times
 _LOCAL = threading.local()
 
 
 def _memo_next(schedule: CronSchedule, tz: ZoneInfo, after: datetime) -> datetime:
-    key = (schedule, tz)
+    key = (schedule.fields, schedule.daily_style, tz)
     intervals = _MEMO.get(key)
     if intervals is not None:
         for low, nxt in intervals:
