@@ -125,15 +125,14 @@ def cron_burst(count: int, runs: int) -> None:
     """``plan_cron`` then ``rows_for_fire`` for ``count`` phases due in the same second: with
     one schedule (in two zones), and with a schedule of its own each, all due at 12:00 UTC.
     Each run is another day, its phases' states planned a second earlier (untimed), so the
-    next fire after this one is found as in a real burst, not remembered from the last run.
-    A schedule of its own each has no target: its cost is croniter's, once per phase."""
+    next fire after this one is found as in a real burst, not remembered from the last run."""
     zoned = [(z, NOW.astimezone(ZoneInfo(z)).hour) for z in ("UTC", "Europe/Berlin")]
     cases: list[tuple[str, list[str], float | None]] = [
         (f"tz {zone}", [f"cron=0 0 {hour} * * *&tz={zone}"] * count, 14.0) for zone, hour in zoned
     ]
     others = [(h, m) for h in range(24) for m in range(1, 60) if h != NOW.hour][:count]
     own = [f"cron=0 0,{m} {NOW.hour},{h} * * *" for h, m in others]
-    cases.append(("a schedule of its own each", own, None))
+    cases.append(("a schedule of its own each", own, 30.0))
     for label, rules, target in cases:
         phases = specs(rules, "noop", topic="c")
         burst, setup = _burst(phases)
