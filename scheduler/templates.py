@@ -164,6 +164,7 @@ class _Parsed:
     tokens: tuple[_Token, ...]
     tail: str
     has_uuid: bool
+    timed: bool  # holds a time token
 
 
 # Each distinct template is parsed (and split) once, not once per row. Keyed by the template
@@ -181,8 +182,8 @@ def _parse(template: str) -> _Parsed:
         tokens.append(_token_of(match))
         at = match.end()
     literals.append(head[at:])
-    has_uuid = any(token.kind is _Kind.UUID for token in tokens)
-    return _Parsed(tuple(literals), tuple(tokens), tail, has_uuid)
+    kinds = {token.kind for token in tokens}
+    return _Parsed(tuple(literals), tuple(tokens), tail, _Kind.UUID in kinds, _Kind.TIME in kinds)
 
 
 def _token_of(match: re.Match[str]) -> _Token:
@@ -244,6 +245,7 @@ def _fill(
     """The value of each token of ``parsed``, in order; ``moment`` is the task time in UTC
     (None: time tokens stay as written). Host and uuid are asked for once, when needed."""
     meta = meta or {}
+    times = _time_texts(moment) if moment is not None and parsed.timed else {}
     ident: str | None = None
     values = []
     for token in parsed.tokens:
@@ -251,7 +253,7 @@ def _fill(
         if kind is _Kind.META:
             values.append(meta.get(token.name, ""))
         elif kind is _Kind.TIME:
-            values.append(token.text if moment is None else _TIME_TEXT[token.name](moment))
+            values.append(times.get(token.name, token.text))
         elif kind is _Kind.UUID:
             if ident is None:
                 ident = (uuid or _random_id)()
@@ -333,22 +335,27 @@ def _utc_time(task_time: datetime | None) -> datetime | None:
     return task_time.astimezone(UTC)
 
 
-# The text of each time token (by its normalised name) for a task time in UTC.
-_TIME_TEXT: dict[str, Callable[[datetime], str]] = {
-    "yyyy": lambda t: f"{t.year:04d}",
-    "yy": lambda t: f"{t.year:04d}"[-2:],
-    "mm": lambda t: f"{t.month:02d}",
-    "dd": lambda t: f"{t.day:02d}",
-    "hh": lambda t: f"{t.hour:02d}",
-    "min": lambda t: f"{t.minute:02d}",
-    "TS": lambda t: (
-        f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}"
-    ),
-    "SLUG": lambda t: f"{t.year:04d}/{t.month:02d}/{t.day:02d}/{t.hour:02d}",
-    "HOUR_SLUG": lambda t: f"{t.year:04d}/{t.month:02d}/{t.day:02d}/{t.hour:02d}",
-    "DAY_SLUG": lambda t: f"{t.year:04d}/{t.month:02d}/{t.day:02d}",
-    "MONTH_SLUG": lambda t: f"{t.year:04d}/{t.month:02d}",
-}
+# Rows released together share their task time (a fan-out's children, a cron burst), so the
+# texts of a time are built once for all of them.
+@functools.lru_cache(maxsize=256)
+def _time_texts(t: datetime) -> dict[str, str]:
+    """The text of each time token (by its normalised name) for ``t``, a task time in UTC.
+    Callers must not change the dict: it is shared."""
+    yyyy, mm, dd, hh = f"{t.year:04d}", f"{t.month:02d}", f"{t.day:02d}", f"{t.hour:02d}"
+    hour_slug = f"{yyyy}/{mm}/{dd}/{hh}"
+    return {
+        "yyyy": yyyy,
+        "yy": yyyy[-2:],
+        "mm": mm,
+        "dd": dd,
+        "hh": hh,
+        "min": f"{t.minute:02d}",
+        "TS": f"{yyyy}{mm}{dd}T{hh}{t.minute:02d}{t.second:02d}",
+        "SLUG": hour_slug,
+        "HOUR_SLUG": hour_slug,
+        "DAY_SLUG": f"{yyyy}/{mm}/{dd}",
+        "MONTH_SLUG": f"{yyyy}/{mm}",
+    }
 
 
 def _random_id() -> str:
