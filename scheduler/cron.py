@@ -321,12 +321,11 @@ class _Calendar:
             if at is not None:
                 return datetime.combine(day, at)
             day += _DAY
-            at = (
-                time(self.hours[0], self.minutes[0], self.seconds[0]) if self._allows(day) else None
-            )
+            at = self._first_time() if self._allows(day) else None
         return None
 
     def _first_time(self) -> time:
+        """The first allowed time of a day."""
         return time(self.hours[0], self.minutes[0], self.seconds[0])
 
     def _allows(self, day: date) -> bool:
@@ -342,7 +341,7 @@ class _Calendar:
         """The first allowed time of day at or after ``start``; None when none is left."""
         for hour in self.hours[bisect_left(self.hours, start.hour) :]:
             if hour > start.hour:
-                return self._first_time().replace(hour=hour)
+                return time(hour, self.minutes[0], self.seconds[0])
             for minute in self.minutes[bisect_left(self.minutes, start.minute) :]:
                 if minute > start.minute:
                     return time(hour, minute, self.seconds[0])
