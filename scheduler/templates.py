@@ -175,6 +175,7 @@ _CACHED_TEMPLATES = 16384
 
 @functools.lru_cache(maxsize=_CACHED_TEMPLATES)
 def _parse(template: str) -> _Parsed:
+    """``template`` cut at its tokens, in one pass of ``_TOKEN`` over the part before ``#``."""
     head, tail = _split_comment(template)
     literals, tokens, at = [], [], 0
     for match in _TOKEN.finditer(head):
