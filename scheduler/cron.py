@@ -25,20 +25,24 @@ Time zones and daylight saving time
       occurrence (02:30 CEST); a sub-daily schedule fires in every real hour (02:30 CEST and
       02:30 CET).
 
-    croniter does the calendar math on naive wall times only; mapping wall times to instants
-    (gaps and the ``fold``) is done here, because croniter alone fires daily jobs twice on the
-    autumn night.
+    The calendar math is done on naive wall times only: which wall times match is croniter's
+    reading of the fields (its expansion of each field, and its rule for day of month and day
+    of week), walked here day by day, which is several times faster than asking croniter for
+    each next time; croniter itself answers past a year (29 February). Mapping wall times to
+    instants (gaps and the ``fold``) is done here, because croniter alone fires daily jobs
+    twice on the autumn night.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -221,15 +225,16 @@ def _check_fires(schedule: CronSchedule) -> None:
 
 # next_after is a step function of `after`: for every a in [after, nxt) the answer is nxt. Keeping
 # the last interval per (schedule, zone) makes the engine's "is anything due?" check on every
-# tick a dictionary lookup. Races between threads only cost a recomputation.
-_MEMO: dict[tuple[CronSchedule, ZoneInfo], list[tuple[datetime, datetime]]] = {}
+# tick a dictionary lookup. Races between threads only cost a recomputation. Keyed by what the
+# wall-clock search reads: the strings' hashes are kept by Python, a CronSchedule's is recomputed.
+_MEMO: dict[tuple[str, bool, ZoneInfo], list[tuple[datetime, datetime]]] = {}
 _MEMO_LIMIT = 16384
 _MEMO_INTERVALS = 4  # per schedule: many phases sharing a cron ask about a few neighbouring times
 _LOCAL = threading.local()
 
 
 def _memo_next(schedule: CronSchedule, tz: ZoneInfo, after: datetime) -> datetime:
-    key = (schedule, tz)
+    key = (schedule.fields, schedule.daily_style, tz)
     intervals = _MEMO.get(key)
     if intervals is not None:
         for low, nxt in intervals:
@@ -261,10 +266,22 @@ def _next_wall_fire(schedule: CronSchedule, tz: ZoneInfo, after: datetime) -> da
             best = later[0]
         if later and not repeated:
             return cast(datetime, best)
-    raise AssertionError("unreachable: croniter iterates forever")  # pragma: no cover
+    raise AssertionError("unreachable: matching wall times never run out")  # pragma: no cover
 
 
 def _walls_after(fields: str, start: datetime) -> Iterator[datetime]:
+    """Matching naive wall times strictly after ``start``, ascending: the same times croniter
+    gives, found on the field values croniter expands (``_Calendar``), and by croniter itself
+    past a wait too long for a walk day by day."""
+    calendar = _calendar(fields)
+    moment = start
+    while (found := calendar.next_after(moment)) is not None:
+        yield found
+        moment = found
+    yield from _croniter_walls_after(fields, moment)
+
+
+def _croniter_walls_after(fields: str, start: datetime) -> Iterator[datetime]:
     """Matching naive wall times strictly after ``start``, ascending (croniter, per thread)."""
     cache: dict[str, croniter] = _LOCAL.__dict__.setdefault("iters", {})
     it = cache.get(fields)
@@ -274,6 +291,90 @@ def _walls_after(fields: str, start: datetime) -> Iterator[datetime]:
         it.set_current(start, force=True)
     while True:
         yield cast(datetime, it.get_next())
+
+
+# A walk day by day finds the next fire of every schedule within a year, but for 29 February;
+# past a year croniter takes over.
+_MAX_DAYS_WALKED = 366
+
+
+@dataclass(frozen=True)
+class _Calendar:
+    """The values each field of a schedule allows, as croniter expands them. ``days``,
+    ``months`` and ``weekdays`` (0 is Sunday) are None when croniter reads the field as ``*``;
+    when both ``days`` and ``weekdays`` are restricted, a day matching either matches."""
+
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: frozenset[int] | None
+    months: frozenset[int] | None
+    weekdays: frozenset[int] | None
+
+    def next_after(self, moment: datetime) -> datetime | None:
+        """The first matching wall time strictly after ``moment`` (to the second, as croniter
+        counts), or None when it is over ``_MAX_DAYS_WALKED`` days away."""
+        start = moment.replace(microsecond=0) + _SECOND
+        day = start.date()
+        at = self._time_from(start.time()) if self._allows(day) else None
+        for _ in range(_MAX_DAYS_WALKED):
+            if at is not None:
+                return datetime.combine(day, at)
+            day += _DAY
+            at = self._first_time() if self._allows(day) else None
+        return None
+
+    def _first_time(self) -> time:
+        """The first allowed time of a day."""
+        return time(self.hours[0], self.minutes[0], self.seconds[0])
+
+    def _allows(self, day: date) -> bool:
+        if self.months is not None and day.month not in self.months:
+            return False
+        in_days = self.days is None or day.day in self.days
+        in_weekdays = self.weekdays is None or day.isoweekday() % 7 in self.weekdays
+        if self.days is not None and self.weekdays is not None:
+            return in_days or in_weekdays
+        return in_days and in_weekdays
+
+    def _time_from(self, start: time) -> time | None:
+        """The first allowed time of day at or after ``start``; None when none is left."""
+        for hour in self.hours[bisect_left(self.hours, start.hour) :]:
+            if hour > start.hour:
+                return time(hour, self.minutes[0], self.seconds[0])
+            for minute in self.minutes[bisect_left(self.minutes, start.minute) :]:
+                if minute > start.minute:
+                    return time(hour, minute, self.seconds[0])
+                index = bisect_left(self.seconds, start.second)
+                if index < len(self.seconds):
+                    return time(hour, minute, self.seconds[index])
+        return None
+
+
+_SECOND = timedelta(seconds=1)
+_DAY = timedelta(days=1)
+
+
+@lru_cache(maxsize=4096)
+def _calendar(fields: str) -> _Calendar:
+    """``fields`` (normalised, seconds first) as croniter expands each of them."""
+    expanded = croniter(fields, datetime(2000, 1, 1), second_at_beginning=True).expanded
+    minute, hour, day, month, weekday, second = expanded  # croniter keeps seconds last
+
+    def values(field: list[Any], low: int, high: int) -> tuple[int, ...]:
+        return tuple(range(low, high + 1)) if field[0] == "*" else tuple(sorted(field))
+
+    def subset(field: list[Any]) -> frozenset[int] | None:
+        return None if field[0] == "*" else frozenset(field)
+
+    return _Calendar(
+        values(second, 0, 59),
+        values(minute, 0, 59),
+        values(hour, 0, 23),
+        subset(day),
+        subset(month),
+        subset(weekday),
+    )
 
 
 def _instants(wall: datetime, tz: ZoneInfo, daily_style: bool) -> tuple[list[datetime], bool]:

@@ -10,12 +10,13 @@ schedule never had. Missed times after downtime follow the phase's catch-up poli
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from scheduler import batch, templates, timing
+from scheduler.cron import CronSchedule
 from scheduler.store.history import NewExecution, PhaseState, Trigger
 from scheduler.tasktime import cron_stamp, iso, task_time_for_fire
 from scheduler.validation import PhaseSpec
@@ -76,8 +77,23 @@ def plan_cron(
     if state.paused:
         return CronPlan([], state)
     due = timing.due_times(schedule, tz, state.evaluated_until, now, spec.rule.catchup)
-    after = replace(state, evaluated_until=now, next_fire=timing.next_fire(schedule, tz, now))
-    return CronPlan([Fire(spec, t) for t in due], after)
+    return CronPlan([Fire(spec, t) for t in due], _evaluated(state, now, schedule, tz))
+
+
+def _evaluated(
+    state: PhaseState, now: datetime, schedule: CronSchedule, tz: ZoneInfo
+) -> PhaseState:
+    """``state`` evaluated up to ``now``. Built directly: ``dataclasses.replace`` took a third
+    of the time of planning a due phase."""
+    return PhaseState(
+        file_path=state.file_path,
+        task=state.task,
+        first_seen=state.first_seen,
+        evaluated_until=now,
+        cron=state.cron,
+        next_fire=timing.next_fire(schedule, tz, now),
+        paused=state.paused,
+    )
 
 
 def upcoming(
@@ -139,15 +155,9 @@ def new_rows(
     """
     assert spec.rule is not None
     chain = task_id or uuid.uuid4().hex
-    items = (
-        batch.for_rule(spec.rule, task_time, (workflows / spec.file_path).parent)
-        if task_time is not None
-        else [batch.BatchItem(now, {})]
-    )
     rows = []
-    for index, item in enumerate(items):
-        when = item.task_time if task_time is not None else None
-        row_meta = {**meta, **item.meta}
+    for index, (when, extra) in enumerate(_items(spec, task_time, workflows)):
+        row_meta = {**meta, **extra}
         if stamp and when is not None:
             row_meta["cron"] = cron_stamp(when)  # each batch step carries its own time
         rows.append(
@@ -165,6 +175,19 @@ def new_rows(
             )
         )
     return rows
+
+
+def _items(
+    spec: PhaseSpec, task_time: datetime | None, workflows: Path
+) -> list[tuple[datetime | None, dict[str, str]]]:
+    """The task time and added meta of each row one firing queues (one row when no batch)."""
+    assert spec.rule is not None
+    if task_time is None:
+        return [(None, {})]
+    if not spec.rule.is_batch:  # the common case: no folder to find, no batch to expand
+        return [(task_time, {})]
+    base = (workflows / spec.file_path).parent
+    return [(item.task_time, item.meta) for item in batch.for_rule(spec.rule, task_time, base)]
 
 
 def rows_for_fire(fire: Fire, now: datetime, workflows: Path) -> list[NewExecution]:

@@ -161,8 +161,8 @@ def task_time_for_fire(scheduled: datetime, offset: timedelta) -> datetime:
 
 def cron_stamp(task_time: datetime) -> str:
     """Return flowlord's ``cron`` meta value for a task time: ``YYYY-MM-DDTHH`` in UTC."""
-    t = _require_aware(task_time).astimezone(UTC)
-    return iso(t)[:13]
+    # "YYYY-MM-DDTHH+00:00" cut to its hour: iso()[:13] without formatting the rest
+    return _require_aware(task_time).astimezone(UTC).isoformat(timespec="hours")[:13]
 
 
 def iso(moment: datetime) -> str:
@@ -171,10 +171,10 @@ def iso(moment: datetime) -> str:
     The fixed width (microseconds always written, year zero-padded) is what makes text order
     equal time order in the database. Raises ValueError for a naive datetime.
     """
-    if moment.tzinfo is UTC:  # the common case, on the tick's hot path: no conversion
-        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
-    t = _require_aware(moment).astimezone(UTC).replace(tzinfo=None)
-    return t.isoformat(timespec="microseconds") + "Z"
+    if moment.tzinfo is not UTC:  # UTC, the common case on the tick's hot path, is as is
+        moment = _require_aware(moment).astimezone(UTC)
+    # an aware UTC datetime writes "+00:00" last: swapped for "Z", with no naive copy made
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def from_iso(text: str) -> datetime:

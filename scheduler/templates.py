@@ -34,12 +34,15 @@ Where we deliberately differ from flowlord (each makes a template render the sam
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import socket
 import uuid as uuid_module
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 
 # Named alternatives keep the letter-case rules in one place: `ci` tokens compare lowercased,
 # `cs` tokens exactly. re.ASCII because flowlord's `\w` in `{meta:\w+}` is ASCII only.
@@ -82,7 +85,11 @@ def render(
     ``socket.gethostname()`` and ``uuid`` to 8 hex characters of a random UUID; each is only
     consulted when its token occurs. Raises ValueError for a naive ``task_time``.
     """
-    return _render(template, task_time, meta, host, uuid, lambda value: value)
+    parsed = _parse(template)
+    moment = _utc_time(task_time)
+    if not parsed.tokens:
+        return template
+    return _joined(parsed, _fill(parsed, moment, meta, host, uuid))
 
 
 def render_args(
@@ -100,16 +107,9 @@ def render_args(
     Tokens render as in ``render``. Raises ValueError when the template itself does not split
     (an unbalanced quote) or for a naive ``task_time``.
     """
-    values: list[str] = []
-    mark = _marker(template)
-
-    def keep(value: str) -> str:
-        values.append(value)
-        return f"{mark}{len(values) - 1}{mark}"
-
-    marked = _render(template, task_time, meta, host, uuid, keep)
-    slot = re.compile(f"{mark}(\\d+){mark}")
-    return [slot.sub(lambda m: values[int(m.group(1))], arg) for arg in shlex.split(marked)]
+    parsed = _parse(template)
+    values = _fill(parsed, _utc_time(task_time), meta, host, uuid)
+    return _filled_args(_shape(template), values)
 
 
 def args_of(
@@ -122,61 +122,183 @@ def args_of(
 
     Raises ValueError when neither splits (an unbalanced quote).
     """
-    ident = _uuid_in(template, info, task_time, meta)
-    if ident is not None and render(template, task_time, meta, uuid=lambda: ident) == info:
-        return render_args(template, task_time, meta, uuid=lambda: ident)
-    return shlex.split(info)
+    parsed = _parse(template)
+    values = _fill(parsed, _utc_time(task_time), meta, None, _no_uuid)
+    ident = _uuid_in(parsed, values, info)
+    if ident is None:
+        return shlex.split(info)
+    if ident:
+        values = [
+            ident if token.kind is _Kind.UUID else value
+            for token, value in zip(parsed.tokens, values, strict=True)
+        ]
+    return _filled_args(_shape(template), values)
 
 
-def _uuid_in(
-    template: str, info: str, task_time: datetime | None, meta: Mapping[str, str] | None
-) -> str | None:
-    """The ``{uuid}`` value ``info`` was rendered with ("" when it has none); None when
-    ``info`` is not a rendering of ``template``."""
-    mark = _marker(template + info)
-    pattern = re.escape(render(template, task_time, meta, uuid=lambda: mark))
-    # the first {uuid} captures, later ones must repeat it
-    pattern = pattern.replace(re.escape(mark), "(?P<id>[0-9a-f]{8})", 1)
-    found = re.fullmatch(pattern.replace(re.escape(mark), "(?P=id)"), info, re.DOTALL)
-    if found is None:
+class _Kind(Enum):
+    """What fills a token."""
+
+    TIME = "time"
+    META = "meta"
+    HOST = "host"
+    POD = "pod"
+    UUID = "uuid"
+
+
+@dataclass(frozen=True)
+class _Token:
+    """One token as found in a template: ``name`` is a time token's normalised name or a meta
+    key; ``text`` is the token as written (what a time token stays without a task time)."""
+
+    kind: _Kind
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A template cut at its tokens: ``literals`` holds the text before, between and after
+    them (one more than ``tokens``), ``tail`` the comment part, which is never rendered."""
+
+    literals: tuple[str, ...]
+    tokens: tuple[_Token, ...]
+    tail: str
+    has_uuid: bool
+    timed: bool  # holds a time token
+
+
+# Each distinct template is parsed (and split) once, not once per row. Keyed by the template
+# text itself, so an edited template is a new entry and never meets a stale parse; a miss
+# costs what one render did before there was a cache.
+_CACHED_TEMPLATES = 16384
+
+
+@functools.lru_cache(maxsize=_CACHED_TEMPLATES)
+def _parse(template: str) -> _Parsed:
+    """``template`` cut at its tokens, in one pass of ``_TOKEN`` over the part before ``#``."""
+    head, tail = _split_comment(template)
+    literals, tokens, at = [], [], 0
+    for match in _TOKEN.finditer(head):
+        literals.append(head[at : match.start()])
+        tokens.append(_token_of(match))
+        at = match.end()
+    literals.append(head[at:])
+    kinds = {token.kind for token in tokens}
+    return _Parsed(tuple(literals), tuple(tokens), tail, _Kind.UUID in kinds, _Kind.TIME in kinds)
+
+
+def _token_of(match: re.Match[str]) -> _Token:
+    text = match.group(0)
+    if (key := match.group("meta")) is not None:
+        return _Token(_Kind.META, key, text)
+    name = (match.group("ci") or "").lower() or match.group("cs")
+    kind = {"host": _Kind.HOST, "pod": _Kind.POD, "uuid": _Kind.UUID}.get(name, _Kind.TIME)
+    return _Token(kind, name, text)
+
+
+# An argument of a split template: its text up to the first token, then (token index, text up
+# to the next token) for each token inside it.
+_Arg = tuple[str, tuple[tuple[int, str], ...]]
+
+
+@functools.lru_cache(maxsize=_CACHED_TEMPLATES)
+def _shape(template: str) -> tuple[_Arg, ...]:
+    """The arguments ``template`` splits into, with a slot where each token goes: the tokens
+    are replaced by numbered markers, the text is split, then the markers are found again.
+    Raises ValueError (not cached) when the template does not split."""
+    mark = _marker(template)
+    parsed = _parse(template)
+    marked = [parsed.literals[0]]
+    for index, literal in enumerate(parsed.literals[1:]):
+        marked += [f"{mark}{index}{mark}", literal]
+    slot = re.compile(f"{mark}(\\d+){mark}")
+    args = []
+    for arg in shlex.split("".join(marked) + parsed.tail):
+        lead, *rest = slot.split(arg)
+        pairs = tuple((int(rest[i]), rest[i + 1]) for i in range(0, len(rest), 2))
+        args.append((lead, pairs))
+    return tuple(args)
+
+
+def _filled_args(shape: tuple[_Arg, ...], values: list[str]) -> list[str]:
+    return [
+        lead + "".join(values[index] + text for index, text in pairs) if pairs else lead
+        for lead, pairs in shape
+    ]
+
+
+def _joined(parsed: _Parsed, values: list[str]) -> str:
+    literals = parsed.literals
+    parts = [literals[0]]
+    for index, value in enumerate(values, 1):
+        parts += [value, literals[index]]
+    parts.append(parsed.tail)
+    return "".join(parts)
+
+
+def _fill(
+    parsed: _Parsed,
+    moment: datetime | None,
+    meta: Mapping[str, str] | None,
+    host: str | None,
+    uuid: Callable[[], str] | None,
+) -> list[str]:
+    """The value of each token of ``parsed``, in order; ``moment`` is the task time in UTC
+    (None: time tokens stay as written). Host and uuid are asked for once, when needed."""
+    meta = meta or {}
+    times = _time_texts(moment) if moment is not None and parsed.timed else {}
+    ident: str | None = None
+    values = []
+    for token in parsed.tokens:
+        kind = token.kind
+        if kind is _Kind.META:
+            values.append(meta.get(token.name, ""))
+        elif kind is _Kind.TIME:
+            values.append(times.get(token.name, token.text))
+        elif kind is _Kind.UUID:
+            if ident is None:
+                ident = (uuid or _random_id)()
+            values.append(ident)
+        else:
+            host = host if host is not None else socket.gethostname()
+            values.append(host if kind is _Kind.HOST else pod_name(host))
+    return values
+
+
+def _uuid_in(parsed: _Parsed, values: list[str], info: str) -> str | None:
+    """The ``{uuid}`` value ``info`` was rendered with ("" when the template has none); None
+    when ``info`` is not a rendering of the template with these values. Every ``{uuid}`` of
+    one rendering holds the same 8 lowercase hex characters."""
+    if not parsed.has_uuid:
+        return "" if _joined(parsed, values) == info else None
+    ident: str | None = None
+    at = len(parsed.literals[0])
+    if not info.startswith(parsed.literals[0]):
         return None
-    return found.groupdict().get("id") or ""
+    for token, value, literal in zip(parsed.tokens, values, parsed.literals[1:], strict=True):
+        if token.kind is _Kind.UUID:
+            value = info[at : at + 8]
+            if ident is None and _HEX_ID.fullmatch(value):
+                ident = value
+            if value != ident:
+                return None
+        if not info.startswith(value + literal, at):
+            return None
+        at += len(value) + len(literal)
+    return ident if info[at:] == parsed.tail else None
+
+
+_HEX_ID = re.compile("[0-9a-f]{8}")
+
+
+def _no_uuid() -> str:
+    return ""
 
 
 def _marker(template: str) -> str:
     """A character the template does not hold (from Unicode's private use area): it brackets
     the slot of each value while the template is split, and shlex treats it as a letter."""
     return next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in template)
-
-
-def _render(
-    template: str,
-    task_time: datetime | None,
-    meta: Mapping[str, str] | None,
-    host: str | None,
-    uuid: Callable[[], str] | None,
-    wrap: Callable[[str], str],
-) -> str:
-    """``render``, with every substituted value passed through ``wrap``."""
-    head, tail = _split_comment(template)
-    values = _time_values(task_time)
-    ids = _Lazy(uuid or _random_id)
-    hosts = _Lazy((lambda: host) if host is not None else socket.gethostname)
-    meta = meta or {}
-
-    def substitute(match: re.Match[str]) -> str:
-        if (key := match.group("meta")) is not None:
-            return wrap(meta.get(key, ""))
-        name = (match.group("ci") or "").lower() or match.group("cs")
-        if name == "host":
-            return wrap(hosts.get())
-        if name == "pod":
-            return wrap(pod_name(hosts.get()))
-        if name == "uuid":
-            return wrap(ids.get())
-        return wrap(values.get(name, match.group(0)))
-
-    return _TOKEN.sub(substitute, head) + tail
 
 
 def unknown_tokens(template: str) -> list[str]:
@@ -193,7 +315,8 @@ def pod_name(host: str) -> str:
 
 def is_zero_time(task_time: datetime | None) -> bool:
     """True when ``task_time`` means "no task time": ``None`` or Go's zero time."""
-    return task_time is None or task_time.replace(tzinfo=None) == _GO_ZERO
+    # the year first: it settles nearly every call without making a naive copy
+    return task_time is None or (task_time.year == 1 and task_time.replace(tzinfo=None) == _GO_ZERO)
 
 
 def _split_comment(template: str) -> tuple[str, str]:
@@ -204,13 +327,21 @@ def _split_comment(template: str) -> tuple[str, str]:
     return template, ""
 
 
-def _time_values(task_time: datetime | None) -> dict[str, str]:
-    """Map each time token name (as normalised by ``render``) to its text; empty for no time."""
+def _utc_time(task_time: datetime | None) -> datetime | None:
+    """``task_time`` in UTC, or None for no task time; raises ValueError when it is naive."""
     if task_time is None or is_zero_time(task_time):
-        return {}
+        return None
     if task_time.tzinfo is None:
         raise ValueError(f"task time must be timezone-aware: {task_time.isoformat()}")
-    t = task_time.astimezone(UTC)
+    return task_time.astimezone(UTC)
+
+
+# Rows released together share their task time (a fan-out's children, a cron burst), so the
+# texts of a time are built once for all of them.
+@functools.lru_cache(maxsize=256)
+def _time_texts(t: datetime) -> dict[str, str]:
+    """The text of each time token (by its normalised name) for ``t``, a task time in UTC.
+    Callers must not change the dict: it is shared."""
     yyyy, mm, dd, hh = f"{t.year:04d}", f"{t.month:02d}", f"{t.day:02d}", f"{t.hour:02d}"
     hour_slug = f"{yyyy}/{mm}/{dd}/{hh}"
     return {
@@ -230,16 +361,3 @@ def _time_values(task_time: datetime | None) -> dict[str, str]:
 
 def _random_id() -> str:
     return uuid_module.uuid4().hex[:8]
-
-
-class _Lazy:
-    """Call a zero-argument function at most once, and only if its value is asked for."""
-
-    def __init__(self, make: Callable[[], str]) -> None:
-        self._make = make
-        self._value: str | None = None
-
-    def get(self) -> str:
-        if self._value is None:
-            self._value = self._make()
-        return self._value

@@ -4,6 +4,7 @@ its argument, so a meta value or a file path never adds or splits arguments (SPE
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import textwrap
 from datetime import UTC, datetime
@@ -50,6 +51,34 @@ def test_args_of_a_queued_info_keep_its_uuid() -> None:
 
 def test_args_of_an_info_from_an_older_template_run_what_was_queued() -> None:
     assert templates.args_of("new {meta:f}", "old 'a b'", T, {"f": "x"}) == ["old", "a b"]
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        "cmd 'a b' out-0123abcd.json 0123abce",  # the second {uuid} is another id
+        "cmd 'a b' out-0123ABCD.json 0123ABCD",  # not what {uuid} renders (lowercase hex)
+        "cmd 'a b' out-0123abc.json 0123abc",  # too short
+        "cmd 'a c' out-0123abcd.json 0123abcd",  # another meta value
+        "cmd 'a b' out-0123abcd.json 0123abcd x",  # more after it
+    ],
+)
+def test_args_of_an_info_that_is_no_rendering_of_the_template_run_the_info(info: str) -> None:
+    template = "cmd {meta:f} out-{uuid}.json {UUID}"
+    assert templates.args_of(template, info, T, {"f": "a b"}) == shlex.split(info)
+
+
+def test_an_edited_template_is_split_and_filled_as_it_now_reads() -> None:
+    # Given a template already rendered and split once (each is parsed once, then reused)
+    assert templates.render_args("cmd {meta:f}", T, {"f": "a b"}) == ["cmd", "a b"]
+
+    # When it is edited, and the old one is asked for again with other values
+    edited = templates.render_args("cmd '{meta:f} x' {yyyy}", T, {"f": "a b"})
+    again = templates.render_args("cmd {meta:f}", T, {"f": "c"})
+
+    # Then each gives its own arguments, with the values of this call
+    assert edited == ["cmd", "a b x", "2024"]
+    assert again == ["cmd", "c"]
 
 
 # -- end to end: trigger --meta and a file trigger, run once, the command's own argv ---------

@@ -192,6 +192,13 @@ def test_default_uuid_is_eight_fresh_hex_characters() -> None:
     assert first != second
 
 
+def test_an_edited_template_renders_as_it_now_reads() -> None:
+    # each distinct template is parsed once and reused: an edit must never meet the old parse
+    assert render("out/{yyyy}/{meta:a}", TASK_TIME, {"a": "x"}) == "out/2024/x"
+    assert render("out/{mm}/{meta:a}#{dd}", TASK_TIME, {"a": "y"}) == "out/03/y#{dd}"
+    assert render("out/{yyyy}/{meta:a}", None, {"a": "z"}) == "out/{yyyy}/z"
+
+
 def test_lazy_values_are_not_computed_without_their_token() -> None:
     assert render("{yyyy}", TASK_TIME, uuid=never_called) == "2024"
 
