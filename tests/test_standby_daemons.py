@@ -80,9 +80,11 @@ def holder(db: Database) -> str | None:
 
 
 def fires(db: Database) -> list[datetime]:
+    """The task times of the cron fires: rows with a fire key. A run a shutdown cancelled is
+    queued again as a cron row of the same task time but no fire key: not a second fire."""
     with db.read() as conn:
         rows = conn.execute(
-            select(executions.c.task_time).where(executions.c.trigger == "cron")
+            select(executions.c.task_time).where(executions.c.fire_key.is_not(None))
         ).scalars()
         return sorted(from_iso(t) for t in rows)
 
