@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import lru_cache
 
 from scheduler import graph, templates
 from scheduler.config import WorkerConfig
@@ -89,28 +90,26 @@ def validate_file(file_path: str, phases: Sequence[RawPhase]) -> list[PhaseSpec]
     """Validate every phase of one file against each other; one spec per distinct task.
 
     Never raises for what a phase holds: every problem becomes part of its spec's status.
+    Each file's parent index is built once and serves both the parent and the cycle checks;
+    the networkx graph is built only for a file that has a cycle, to name it.
     """
     phases = [_named(raw, index) for index, raw in enumerate(phases, 1)]
-    rules = {id(raw): _parse(raw) for raw in phases}
-    errors = {id(raw): list(raw.problems) for raw in phases}
-    for raw in phases:
-        rule, problem = rules[id(raw)]
-        errors[id(raw)].extend(_value_problems(raw))
-        errors[id(raw)].extend(_own_problems(raw, rule, problem))
-    _check_parents(file_path, phases, errors)
-    _check_cycles(file_path, phases, errors)
-    counts = Counter(raw.task for raw in phases)
-    specs: dict[str, PhaseSpec] = {}
-    for raw in phases:
-        if raw.task in specs:
-            continue
-        if counts[raw.task] > 1:
-            errors[id(raw)].append(
-                f"duplicate task: {shown(raw.task)} defined {counts[raw.task]} times"
-            )
-        rule = rules[id(raw)][0]
-        specs[raw.task] = _spec(file_path, raw, rule, errors[id(raw)], _warnings(raw, rule))
-    return list(specs.values())
+    parents = _Parents(phases)
+    checked = [_check(raw, parents) for raw in phases]
+    if not parents.acyclic(phases):
+        _check_cycles(file_path, phases, [errors for _, errors in checked])
+    first: dict[str, int] = {}
+    for number, raw in enumerate(phases):
+        first.setdefault(raw.task, number)
+    counts = Counter(raw.task for raw in phases) if len(first) < len(phases) else None
+    specs = []
+    for number in first.values():
+        raw = phases[number]
+        read, errors = checked[number]
+        if counts is not None and counts[raw.task] > 1:
+            errors.append(f"duplicate task: {shown(raw.task)} defined {counts[raw.task]} times")
+        specs.append(_spec(file_path, raw, read.rule, errors, _warnings(raw, read)))
+    return specs
 
 
 def require_command(spec: PhaseSpec, workers: Mapping[str, WorkerConfig]) -> PhaseSpec:
@@ -161,53 +160,109 @@ def _value_problems(raw: RawPhase) -> list[str]:
     return problems
 
 
-def _parse(raw: RawPhase) -> tuple[Rule | None, str]:
+@dataclass(frozen=True, slots=True)
+class _ReadRule:
+    """A rule text read once for every phase that shares it: the rule (None when unusable),
+    its error ("" when none), whether it schedules the phase, and its warnings."""
+
+    rule: Rule | None
+    problem: str
+    scheduled: bool
+    warnings: tuple[str, ...]
+
+
+@lru_cache(maxsize=8192)
+def _read_rule(text: str) -> _ReadRule:
     try:
-        return parse_rule(raw.rule), ""
+        rule = parse_rule(text)
     except RuleError as exc:
-        return None, exc.status
-
-
-def _own_problems(raw: RawPhase, rule: Rule | None, problem: str) -> list[str]:
-    if problem:
-        return [problem]
-    assert rule is not None
+        return _ReadRule(None, exc.status, False, ())
     scheduled = rule.cron is not None or rule.never_fires or rule.manual or bool(rule.files)
-    if not raw.depends_on and not scheduled:
-        return [NON_SCHEDULED]
-    return []
+    warnings = [f"unknown key: {shown(key)}" for key in rule.unknown]
+    if rule.never_fires:
+        warnings.append(f"cron never fires: {shown(rule.cron_text)}")
+    elif rule.manual and rule.cron_text:
+        warnings.append(f"cron ignored: manual phase has no schedule ({shown(rule.cron_text)})")
+    return _ReadRule(rule, "", scheduled, tuple(warnings))
 
 
-def _check_parents(
-    file_path: str, phases: Sequence[RawPhase], errors: dict[int, list[str]]
-) -> None:
-    index = graph.ParentIndex(_Node(file_path, raw.task, raw.depends_on) for raw in phases)
-    for raw in phases:
-        if raw.depends_on and not index.parents(file_path, raw.depends_on):
-            errors[id(raw)].append(f"parent task not found: {raw.depends_on}")
+@lru_cache(maxsize=8192)
+def _token_warnings(template: str) -> tuple[str, ...]:
+    # templates repeat across phases and files: scanning each distinct one once pays
+    tokens = templates.unknown_tokens(template)
+    return tuple(f"unknown template token: {shown(token)}" for token in tokens)
 
 
-def _check_cycles(file_path: str, phases: Sequence[RawPhase], errors: dict[int, list[str]]) -> None:
+def _check(raw: RawPhase, parents: _Parents) -> tuple[_ReadRule, list[str]]:
+    """The phase's rule, and its errors in status order: its own values, its rule, whether it
+    is scheduled, its parent. (Cycles and duplicates are added by the file's checks.)"""
+    read = _read_rule(raw.rule)
+    errors = list(raw.problems)
+    errors.extend(_value_problems(raw))
+    if read.problem:
+        errors.append(read.problem)
+    elif not raw.depends_on and not read.scheduled:
+        errors.append(NON_SCHEDULED)
+    if raw.depends_on and not parents.of(raw.depends_on):
+        errors.append(f"parent task not found: {raw.depends_on}")
+    return read, errors
+
+
+class _Parents:
+    """One file's tasks by task and by topic: what a ``depends_on`` names, as ``graph`` finds
+    it (parents resolve within the file)."""
+
+    def __init__(self, phases: Sequence[RawPhase]) -> None:
+        self.by_task: dict[str, list[str]] = {}
+        self.by_topic: dict[str, list[str]] = {}
+        for raw in phases:
+            self.by_task.setdefault(raw.task, []).append(raw.task)
+            self.by_topic.setdefault(raw.task.partition(":")[0], []).append(raw.task)
+
+    def of(self, depends_on: str) -> list[str]:
+        """The tasks ``depends_on`` names (empty when none)."""
+        found = self.by_task if ":" in depends_on else self.by_topic
+        return found.get(depends_on, [])
+
+    def acyclic(self, phases: Sequence[RawPhase]) -> bool:
+        """True when the file's parent → child edges form no cycle (Kahn's algorithm: every
+        task can be taken once its parents were)."""
+        children: dict[str, set[str]] = {}
+        waiting = dict.fromkeys(self.by_task, 0)  # per task: parents not taken yet
+        for raw in phases:
+            for parent in self.of(raw.depends_on) if raw.depends_on else ():
+                kids = children.setdefault(parent, set())
+                if raw.task not in kids:
+                    kids.add(raw.task)
+                    waiting[raw.task] += 1
+        ready = [task for task, count in waiting.items() if count == 0]
+        taken = 0
+        while ready:
+            taken += 1
+            for child in children.get(ready.pop(), ()):
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    ready.append(child)
+        return taken == len(waiting)
+
+
+def _check_cycles(file_path: str, phases: Sequence[RawPhase], errors: list[list[str]]) -> None:
+    """Name each cycle on every task on it (``errors`` runs parallel to ``phases``)."""
     dag = graph.build(_Node(file_path, raw.task, raw.depends_on) for raw in phases)
-    by_task: dict[str, RawPhase] = {}
-    for raw in phases:
-        by_task.setdefault(raw.task, raw)  # a duplicated task reports on its first, kept, row
+    first: dict[str, int] = {}
+    for number, raw in enumerate(phases):
+        first.setdefault(raw.task, number)  # a duplicated task reports on its first, kept, row
     for cycle in graph.cycles(dag):
         message = graph.describe_cycle(cycle)
         for _, task in cycle:
-            if message not in errors[id(by_task[task])]:
-                errors[id(by_task[task])].append(message)
+            if message not in errors[first[task]]:
+                errors[first[task]].append(message)
 
 
-def _warnings(raw: RawPhase, rule: Rule | None) -> list[str]:
-    keys = raw.unknown_keys + (rule.unknown if rule else ())
-    warnings = [f"unknown key: {shown(key)}" for key in keys]
-    if rule is not None and rule.never_fires:
-        warnings.append(f"cron never fires: {shown(rule.cron_text)}")
-    elif rule is not None and rule.manual and rule.cron_text:
-        warnings.append(f"cron ignored: manual phase has no schedule ({shown(rule.cron_text)})")
-    tokens = templates.unknown_tokens(raw.template)
-    warnings.extend(f"unknown template token: {shown(token)}" for token in tokens)
+def _warnings(raw: RawPhase, read: _ReadRule) -> list[str]:
+    warnings = [f"unknown key: {shown(key)}" for key in raw.unknown_keys]
+    warnings.extend(read.warnings)
+    warnings.extend(_token_warnings(raw.template))
     return warnings
 
 
