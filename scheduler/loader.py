@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import tomli
 
@@ -57,13 +57,15 @@ class FileLoad:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    """A workflow file found on disk, with what ``stat`` said of it when it was found."""
+class SourceFile(NamedTuple):
+    """A workflow file found on disk, with what ``stat`` said of it when it was found.
+
+    A named tuple: a refresh makes one per file, and a dataclass cost a sixth of it.
+    """
 
     key: str
     path: str
-    size: int
+    size: int  # -1 when stat failed (a dangling link): reading it reports the error
     mtime_ns: int
 
 
@@ -83,7 +85,13 @@ class WorkflowSource:
 
     def scan(self) -> dict[str, SourceFile]:
         """Every workflow file now present with its size and modification time, by key, in key
-        order. One ``stat`` per file and no reads: refresh decides from these what to read."""
+        order."""
+        return dict(sorted(self.stat_all().items()))
+
+    def stat_all(self) -> dict[str, SourceFile]:
+        """Every workflow file now present with its size and modification time, by key, in no
+        particular order. One ``stat`` per file and no reads: refresh decides from these what
+        to read (and sorts only what it reads)."""
         if not self.is_dir:
             try:
                 st = os.stat(self.path)
@@ -91,17 +99,17 @@ class WorkflowSource:
                 return {}
             name = self.path.name
             return {name: SourceFile(name, os.fspath(self.path), st.st_size, st.st_mtime_ns)}
-        found = {f.key: f for f in _scan_toml(os.fspath(self.path))}
-        return dict(sorted(found.items()))
+        return {found.key: found for found in _scan_toml(os.fspath(self.path))}
 
 
-def _scan_toml(root: str) -> Iterator[SourceFile]:
+def _scan_toml(root: str) -> list[SourceFile]:
     """Walk ``root`` on plain strings (no path objects: a refresh of many files is mostly this).
 
     Hidden files and folders are skipped. A key is the path below ``root`` unless ``root``'s last
     segment appears again below it, where ``file_key``'s embedded-root rule decides.
     """
     root_name = _segments(root)[-1] if _segments(root) else ""
+    found: list[SourceFile] = []
     stack = [(root, "")]
     while stack:
         folder, prefix = stack.pop()
@@ -109,9 +117,11 @@ def _scan_toml(root: str) -> Iterator[SourceFile]:
             entries = list(os.scandir(folder))
         except OSError:
             continue  # a folder that vanished or can't be listed holds no workflows now
+        # a folder below root named as root: its files' keys follow file_key's rule
+        embedded = bool(root_name) and root_name in prefix.split("/")
         for entry in entries:
             name = entry.name
-            if name.startswith("."):
+            if name[0] == ".":
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):  # as os.walk: links to folders not followed
@@ -120,10 +130,9 @@ def _scan_toml(root: str) -> Iterator[SourceFile]:
             except OSError:
                 continue  # removed between listing and the check: gone for this refresh
             if name.endswith(".toml"):
-                key = prefix + name
-                if root_name and root_name in key.split("/")[:-1]:
-                    key = file_key(root, entry.path)
-                yield _found(_storable(key), entry)
+                key = file_key(root, entry.path) if embedded else prefix + name
+                found.append(_found(key if key.isascii() else _storable(key), entry))
+    return found
 
 
 def file_key(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
@@ -207,15 +216,15 @@ def read_phase(table: dict[str, Any], position: int = 0) -> RawPhase:
     problems: list[str] = []
     unknown: list[str] = []
     for key, value in table.items():
-        name = _PHASE_KEYS.get(key.lower().replace("_", ""))
+        name = _field(key)
         if name is None:
             unknown.append(key)
         elif name in values:
             problems.append(f"duplicate key: {key}")
-        elif not _type_ok(name, value):
-            problems.append(_type_problem(key, name, value))
-        else:
+        elif isinstance(value, str) if name != "retry" else _whole(value):
             values[name] = value
+        else:
+            problems.append(_type_problem(key, name, value))
     if not values.get("task"):
         problems.append("missing key: task")
     values["task"] = normalise_task(values.get("task", ""), values.get("rule", ""))
@@ -224,10 +233,16 @@ def read_phase(table: dict[str, Any], position: int = 0) -> RawPhase:
     )
 
 
-def _type_ok(name: str, value: Any) -> bool:
-    if name == "retry":
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return isinstance(value, str)
+@lru_cache(maxsize=1024)
+def _field(key: str) -> str | None:
+    """The field a key names (None: unknown). Files repeat a handful of spellings, so each
+    is normalised once."""
+    return _PHASE_KEYS.get(key.lower().replace("_", ""))
+
+
+def _whole(value: Any) -> bool:
+    """A retry count: a whole number of at least 0 (TOML's booleans are no numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _type_problem(key: str, name: str, value: Any) -> str:
@@ -246,6 +261,8 @@ def normalise_task(task: str, rule: str) -> str:
 
 def rule_job(rule: str) -> str:
     """The rule's ``job`` value, or "" (also for a rule too broken to read)."""
+    if "job" not in rule and "%" not in rule:
+        return ""  # no key can read "job" (only a % escape could spell it otherwise)
     try:
         pairs = query_pairs(rule)
     except ValueError:

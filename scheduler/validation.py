@@ -90,20 +90,17 @@ def validate_file(file_path: str, phases: Sequence[RawPhase]) -> list[PhaseSpec]
     """Validate every phase of one file against each other; one spec per distinct task.
 
     Never raises for what a phase holds: every problem becomes part of its spec's status.
-    Each file's parent index is built once and serves both the parent and the cycle checks;
-    the networkx graph is built only for a file that has a cycle, to name it.
+    The file's tasks are indexed once for the parent and cycle checks; the networkx graph
+    is built only for a file that has a cycle, to name it.
     """
     phases = [_named(raw, index) for index, raw in enumerate(phases, 1)]
-    parents = _Parents(phases)
-    checked = [_check(raw, parents) for raw in phases]
-    if not parents.acyclic(phases):
-        _check_cycles(file_path, phases, [errors for _, errors in checked])
-    first: dict[str, int] = {}
-    for number, raw in enumerate(phases):
-        first.setdefault(raw.task, number)
-    counts = Counter(raw.task for raw in phases) if len(first) < len(phases) else None
+    tasks = _Tasks(phases)
+    checked = [_check(raw, tasks) for raw in phases]
+    if not tasks.acyclic(phases):
+        _check_cycles(file_path, phases, tasks, [errors for _, errors in checked])
+    counts = Counter(raw.task for raw in phases) if len(tasks.first) < len(phases) else None
     specs = []
-    for number in first.values():
+    for number in tasks.first.values():
         raw = phases[number]
         read, errors = checked[number]
         if counts is not None and counts[raw.task] > 1:
@@ -193,7 +190,7 @@ def _token_warnings(template: str) -> tuple[str, ...]:
     return tuple(f"unknown template token: {shown(token)}" for token in tokens)
 
 
-def _check(raw: RawPhase, parents: _Parents) -> tuple[_ReadRule, list[str]]:
+def _check(raw: RawPhase, tasks: _Tasks) -> tuple[_ReadRule, list[str]]:
     """The phase's rule, and its errors in status order: its own values, its rule, whether it
     is scheduled, its parent. (Cycles and duplicates are added by the file's checks.)"""
     read = _read_rule(raw.rule)
@@ -203,34 +200,50 @@ def _check(raw: RawPhase, parents: _Parents) -> tuple[_ReadRule, list[str]]:
         errors.append(read.problem)
     elif not raw.depends_on and not read.scheduled:
         errors.append(NON_SCHEDULED)
-    if raw.depends_on and not parents.of(raw.depends_on):
+    if raw.depends_on and not tasks.parents(raw.depends_on):
         errors.append(f"parent task not found: {raw.depends_on}")
     return read, errors
 
 
-class _Parents:
-    """One file's tasks by task and by topic: what a ``depends_on`` names, as ``graph`` finds
-    it (parents resolve within the file)."""
+class _Tasks:
+    """One file's tasks: the row each is first defined on, and the tasks of each topic. A
+    ``depends_on`` names tasks of its own file only, by topic or exactly, as in ``graph``."""
 
     def __init__(self, phases: Sequence[RawPhase]) -> None:
-        self.by_task: dict[str, list[str]] = {}
+        self.first: dict[str, int] = {}  # a duplicated task is kept (and reported) on its first
+        for number, raw in enumerate(phases):
+            self.first.setdefault(raw.task, number)
         self.by_topic: dict[str, list[str]] = {}
-        for raw in phases:
-            self.by_task.setdefault(raw.task, []).append(raw.task)
-            self.by_topic.setdefault(raw.task.partition(":")[0], []).append(raw.task)
+        for task in self.first:
+            self.by_topic.setdefault(task.partition(":")[0], []).append(task)
 
-    def of(self, depends_on: str) -> list[str]:
+    def parents(self, depends_on: str) -> Sequence[str]:
         """The tasks ``depends_on`` names (empty when none)."""
-        found = self.by_task if ":" in depends_on else self.by_topic
-        return found.get(depends_on, [])
+        if ":" in depends_on:
+            return (depends_on,) if depends_on in self.first else ()
+        return self.by_topic.get(depends_on, ())
 
     def acyclic(self, phases: Sequence[RawPhase]) -> bool:
-        """True when the file's parent → child edges form no cycle (Kahn's algorithm: every
-        task can be taken once its parents were)."""
-        children: dict[str, set[str]] = {}
-        waiting = dict.fromkeys(self.by_task, 0)  # per task: parents not taken yet
+        """True when the parent → child edges of ``phases`` form no cycle.
+
+        When every edge runs from a task first defined earlier in the file to one defined
+        later (the usual file: parents written first), that order is a topological one and
+        there is no cycle; otherwise Kahn's algorithm decides.
+        """
+        first = self.first
         for raw in phases:
-            for parent in self.of(raw.depends_on) if raw.depends_on else ():
+            if raw.depends_on:
+                child = first[raw.task]
+                if any(first[parent] >= child for parent in self.parents(raw.depends_on)):
+                    return self._sortable(phases)
+        return True
+
+    def _sortable(self, phases: Sequence[RawPhase]) -> bool:
+        """Kahn's algorithm: every task can be taken once all its parents were."""
+        children: dict[str, set[str]] = {}
+        waiting = dict.fromkeys(self.first, 0)  # per task: its parents not taken yet
+        for raw in phases:
+            for parent in self.parents(raw.depends_on) if raw.depends_on else ():
                 kids = children.setdefault(parent, set())
                 if raw.task not in kids:
                     kids.add(raw.task)
@@ -246,42 +259,46 @@ class _Parents:
         return taken == len(waiting)
 
 
-def _check_cycles(file_path: str, phases: Sequence[RawPhase], errors: list[list[str]]) -> None:
-    """Name each cycle on every task on it (``errors`` runs parallel to ``phases``)."""
+def _check_cycles(
+    file_path: str, phases: Sequence[RawPhase], tasks: _Tasks, errors: list[list[str]]
+) -> None:
+    """Name each cycle on every task on it, on the task's first row (``errors`` runs parallel
+    to ``phases``)."""
     dag = graph.build(_Node(file_path, raw.task, raw.depends_on) for raw in phases)
-    first: dict[str, int] = {}
-    for number, raw in enumerate(phases):
-        first.setdefault(raw.task, number)  # a duplicated task reports on its first, kept, row
     for cycle in graph.cycles(dag):
         message = graph.describe_cycle(cycle)
         for _, task in cycle:
-            if message not in errors[first[task]]:
-                errors[first[task]].append(message)
+            if message not in errors[tasks.first[task]]:
+                errors[tasks.first[task]].append(message)
 
 
-def _warnings(raw: RawPhase, read: _ReadRule) -> list[str]:
-    warnings = [f"unknown key: {shown(key)}" for key in raw.unknown_keys]
-    warnings.extend(read.warnings)
-    warnings.extend(_token_warnings(raw.template))
-    return warnings
+def _warnings(raw: RawPhase, read: _ReadRule) -> tuple[str, ...]:
+    tokens = _token_warnings(raw.template)
+    if not raw.unknown_keys:
+        return read.warnings + tokens if read.warnings else tokens
+    return tuple(f"unknown key: {shown(key)}" for key in raw.unknown_keys) + read.warnings + tokens
 
 
 def _spec(
-    file_path: str, raw: RawPhase, rule: Rule | None, errors: list[str], warnings: list[str]
+    file_path: str, raw: RawPhase, rule: Rule | None, errors: list[str], warnings: tuple[str, ...]
 ) -> PhaseSpec:
     """The spec of ``raw``, every field storable: a bad value is an error in the status, and
     what is stored in its place only has to fit (the phase never runs)."""
-    severity = Severity.ERROR if errors else Severity.WARNING if warnings else Severity.OK
+    if errors or warnings:
+        severity = Severity.ERROR if errors else Severity.WARNING
+        status = _storable_status("; ".join((*errors, *warnings)))
+    else:
+        severity, status = Severity.OK, ""
     return PhaseSpec(
-        file_path=file_path,
-        task=raw.task,
-        depends_on=raw.depends_on if _storable_name(raw.depends_on) else "",
-        rule_text=_storable_text(raw.rule),
-        template=_storable_text(raw.template),
-        retry=raw.retry if 0 <= raw.retry <= MAX_RETRY else 0,
-        rule=rule,
-        status=_storable_status("; ".join(errors + warnings)),
-        severity=severity,
+        file_path,
+        raw.task,
+        raw.depends_on if _storable_name(raw.depends_on) else "",
+        _storable_text(raw.rule),
+        _storable_text(raw.template),
+        raw.retry if 0 <= raw.retry <= MAX_RETRY else 0,
+        rule,
+        status,
+        severity,
     )
 
 
