@@ -22,6 +22,7 @@ from scheduler.config import WorkerConfig
 from scheduler.errors import RuleError, WorkflowError
 from scheduler.loader import (
     FileLoad,
+    Found,
     SourceFile,
     WorkflowSource,
     md5_hex,
@@ -34,7 +35,6 @@ from scheduler.store.workflows import (
     FileStat,
     LoadedFile,
     PhaseRow,
-    StatRow,
     StoredStat,
     file_stats,
     mark_broken,
@@ -108,16 +108,22 @@ class Catalog:
         if not self.path.exists():
             raise WorkflowError(str(self.path), "no such file or folder")
         present = WorkflowSource(self.path).stat_all()
-        too_long = [key for key in present if len(key) > MAX_KEY]
+        too_long = [key for key in present if len(key) > MAX_KEY] if _longest(present) else []
         for key in too_long:
             del present[key]  # never stored, so it cannot stop the others
             log.error("workflow %s: %s", key, TOO_LONG)
         with self.db.read() as conn:
             known = file_stats(conn)
-            keys = sorted(key for key, found in present.items() if not _same_stat(known, found))
+            # a stored mtime of None (racy) equals no file's, and a size of -1 (stat failed)
+            # is never stored with an mtime, so either way the file is read
+            keys = sorted(
+                key
+                for key, (_, size, mtime_ns) in present.items()
+                if known.get(key) != (key, size, mtime_ns)
+            )
             stored = stored_stats(conn, [key for key in keys if key in known])
         scanned_ns = time.time_ns()
-        stale = [(present[key], stored.get(key)) for key in keys]
+        stale = [(SourceFile(key, *present[key]), stored.get(key)) for key in keys]
         changed: list[str] = []
         errors: list[tuple[str, str]] = []
         restat: dict[str, FileStat] = {}
@@ -252,15 +258,9 @@ TOO_LONG = f"file path longer than {MAX_KEY} characters below the workflow folde
 RACY_NS = 2_000_000_000
 
 
-def _same_stat(known: dict[str, StatRow], found: SourceFile) -> bool:
-    """True when ``found`` is stored with the stat it has now, trusted (not racy)."""
-    stored = known.get(found.key)
-    return (
-        stored is not None
-        and stored[2] == found.mtime_ns
-        and stored[1] == found.size
-        and found.size >= 0  # a dangling link (stat failed) is read again every time
-    )
+def _longest(keys: dict[str, Found]) -> bool:
+    """True when a key is longer than MAX_KEY (checked in C: one refresh visits every key)."""
+    return max(map(len, keys), default=0) > MAX_KEY
 
 
 def _trusted_stat(found: SourceFile, scanned_ns: int) -> FileStat:

@@ -58,15 +58,18 @@ class FileLoad:
 
 
 class SourceFile(NamedTuple):
-    """A workflow file found on disk, with what ``stat`` said of it when it was found.
-
-    A named tuple: a refresh makes one per file, and a dataclass cost a sixth of it.
-    """
+    """A workflow file found on disk, with what ``stat`` said of it when it was found."""
 
     key: str
     path: str
     size: int  # -1 when stat failed (a dangling link): reading it reports the error
     mtime_ns: int
+
+
+# What the walk keeps of each file, by key: (path, size, mtime_ns) as for SourceFile. A plain
+# tuple, not a SourceFile: the garbage collector stops tracking a plain tuple of strings and
+# ints, and one per file tracked made an unchanged refresh of many files pay for collections.
+Found = tuple[str, int, int]
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,9 @@ class WorkflowSource:
     def scan(self) -> dict[str, SourceFile]:
         """Every workflow file now present with its size and modification time, by key, in key
         order."""
-        return dict(sorted(self.stat_all().items()))
+        return {key: SourceFile(key, *found) for key, found in sorted(self.stat_all().items())}
 
-    def stat_all(self) -> dict[str, SourceFile]:
+    def stat_all(self) -> dict[str, Found]:
         """Every workflow file now present with its size and modification time, by key, in no
         particular order. One ``stat`` per file and no reads: refresh decides from these what
         to read (and sorts only what it reads)."""
@@ -97,19 +100,18 @@ class WorkflowSource:
                 st = os.stat(self.path)
             except OSError:
                 return {}
-            name = self.path.name
-            return {name: SourceFile(name, os.fspath(self.path), st.st_size, st.st_mtime_ns)}
-        return {found.key: found for found in _scan_toml(os.fspath(self.path))}
+            return {self.path.name: (os.fspath(self.path), st.st_size, st.st_mtime_ns)}
+        return _scan_toml(os.fspath(self.path))
 
 
-def _scan_toml(root: str) -> list[SourceFile]:
+def _scan_toml(root: str) -> dict[str, Found]:
     """Walk ``root`` on plain strings (no path objects: a refresh of many files is mostly this).
 
     Hidden files and folders are skipped. A key is the path below ``root`` unless ``root``'s last
     segment appears again below it, where ``file_key``'s embedded-root rule decides.
     """
     root_name = _segments(root)[-1] if _segments(root) else ""
-    found: list[SourceFile] = []
+    found: dict[str, Found] = {}
     stack = [(root, "")]
     while stack:
         folder, prefix = stack.pop()
@@ -129,9 +131,15 @@ def _scan_toml(root: str) -> list[SourceFile]:
                     continue
             except OSError:
                 continue  # removed between listing and the check: gone for this refresh
-            if name.endswith(".toml"):
-                key = file_key(root, entry.path) if embedded else prefix + name
-                found.append(_found(key if key.isascii() else _storable(key), entry))
+            if not name.endswith(".toml"):
+                continue
+            key = file_key(root, entry.path) if embedded else prefix + name
+            try:
+                st = entry.stat()
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            except OSError:  # a dangling link: listed, so that reading it reports the error
+                size = mtime_ns = -1
+            found[key if key.isascii() else _storable(key)] = (entry.path, size, mtime_ns)
     return found
 
 
@@ -166,14 +174,6 @@ def _storable(key: str) -> str:
     except UnicodeEncodeError:
         return key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return key
-
-
-def _found(key: str, entry: os.DirEntry[str]) -> SourceFile:
-    try:
-        st = entry.stat()
-    except OSError:  # a dangling link: listed, so that reading it reports the error
-        return SourceFile(key, entry.path, -1, -1)
-    return SourceFile(key, entry.path, st.st_size, st.st_mtime_ns)
 
 
 def read_source(path: str | os.PathLike[str]) -> tuple[bytes, datetime]:
@@ -225,11 +225,19 @@ def read_phase(table: dict[str, Any], position: int = 0) -> RawPhase:
             values[name] = value
         else:
             problems.append(_type_problem(key, name, value))
-    if not values.get("task"):
+    task = values.get("task", "")
+    rule = values.get("rule", "")
+    if not task:
         problems.append("missing key: task")
-    values["task"] = normalise_task(values.get("task", ""), values.get("rule", ""))
     return RawPhase(
-        **values, problems=tuple(problems), unknown_keys=tuple(unknown), position=position
+        normalise_task(task, rule),
+        rule,
+        values.get("depends_on", ""),
+        values.get("retry", 0),
+        values.get("template", ""),
+        tuple(problems),
+        tuple(unknown),
+        position,
     )
 
 

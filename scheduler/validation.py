@@ -123,8 +123,8 @@ def require_command(spec: PhaseSpec, workers: Mapping[str, WorkerConfig]) -> Pha
 
 def _named(raw: RawPhase, index: int) -> RawPhase:
     """``raw`` with a task that can be a key: its position (``phase 3``) when its own can't."""
-    if _storable_name(raw.task) and raw.task.partition(":")[0]:
-        return raw
+    if raw.task[:1] not in ("", ":") and _storable_name(raw.task):
+        return raw  # the usual phase: a topic, and a name any column takes
     problems = raw.problems
     if raw.task and raw.task.partition(":")[0]:
         problems += (f"invalid value: task={shown(raw.task)} ({_name_problem(raw.task)})",)
@@ -234,8 +234,9 @@ class _Tasks:
         for raw in phases:
             if raw.depends_on:
                 child = first[raw.task]
-                if any(first[parent] >= child for parent in self.parents(raw.depends_on)):
-                    return self._sortable(phases)
+                for parent in self.parents(raw.depends_on):
+                    if first[parent] >= child:
+                        return self._sortable(phases)
         return True
 
     def _sortable(self, phases: Sequence[RawPhase]) -> bool:
