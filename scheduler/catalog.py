@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +44,7 @@ from scheduler.store.workflows import (
     store_files,
     stored_stats,
 )
-from scheduler.validation import PhaseSpec, Severity, require_command, validate_file
+from scheduler.validation import PhaseSpec, Severity, StoredPhase, require_command, validate_rows
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class _Update:
     """One changed file, parsed and validated, ready to write."""
 
     load: FileLoad
-    rows: tuple[PhaseRow, ...]
+    rows: Sequence[StoredPhase]
     known: bool  # the store has a row for this file already
     stat: FileStat  # what stat said before the file was read
 
@@ -179,7 +179,7 @@ class Catalog:
         load = parse_bytes(key, data, modified)
         if load.error:
             return _Update(load, (), stored is not None, stat)
-        rows = tuple(_row(spec) for spec in validate_file(load.file_path, load.phases))
+        rows = validate_rows(load.file_path, load.phases)
         return _Update(load, rows, stored is not None, stat)
 
     def _store(self, updates: list[_Update], now: datetime) -> None:
@@ -301,19 +301,3 @@ def _loaded(update: _Update) -> LoadedFile:
     return LoadedFile(
         load.file_path, load.file_hash, load.last_modified, update.rows, update.known, update.stat
     )
-
-
-def _row(spec: PhaseSpec) -> PhaseRow:
-    return PhaseRow(
-        spec.file_path,
-        spec.task,
-        spec.depends_on,
-        spec.rule_text,
-        spec.template,
-        spec.retry,
-        spec.status,
-        _SEVERITY_TEXT[spec.severity],
-    )
-
-
-_SEVERITY_TEXT = {severity: severity.value for severity in Severity}  # .value is slow per row

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import lru_cache
@@ -86,10 +86,33 @@ class PhaseSpec:
         return f"{self.file_path} {self.task}" if unnamed else f"{self.file_path} [{self.task}]"
 
 
+# A validated phase as workflow_phases stores it, in its column order: (file_path, task,
+# depends_on, rule, template, retry, status, severity)
+StoredPhase = tuple[str, str, str, str, str, int, str, str]
+
+
 def validate_file(file_path: str, phases: Sequence[RawPhase]) -> list[PhaseSpec]:
     """Validate every phase of one file against each other; one spec per distinct task.
 
     Never raises for what a phase holds: every problem becomes part of its spec's status.
+    """
+    return [
+        PhaseSpec(*values[:6], rule, values[6], severity)
+        for values, rule, severity in _validated(file_path, phases)
+    ]
+
+
+def validate_rows(file_path: str, phases: Sequence[RawPhase]) -> list[StoredPhase]:
+    """``validate_file``'s specs as the rows ``workflow_phases`` stores, and nothing more: a
+    cold load stores a row per phase, and building a spec first cost a tenth of it."""
+    return [values for values, _, _ in _validated(file_path, phases)]
+
+
+def _validated(
+    file_path: str, phases: Sequence[RawPhase]
+) -> Iterator[tuple[StoredPhase, Rule | None, Severity]]:
+    """Per distinct task, in file order: its stored values, its rule and its severity.
+
     The file's tasks are indexed once for the parent and cycle checks; the networkx graph
     is built only for a file that has a cycle, to name it.
     """
@@ -99,14 +122,13 @@ def validate_file(file_path: str, phases: Sequence[RawPhase]) -> list[PhaseSpec]
     if not tasks.acyclic(phases):
         _check_cycles(file_path, phases, tasks, [errors for _, errors in checked])
     counts = Counter(raw.task for raw in phases) if len(tasks.first) < len(phases) else None
-    specs = []
     for number in tasks.first.values():
         raw = phases[number]
         read, errors = checked[number]
         if counts is not None and counts[raw.task] > 1:
             errors.append(f"duplicate task: {shown(raw.task)} defined {counts[raw.task]} times")
-        specs.append(_spec(file_path, raw, read.rule, errors, _warnings(raw, read)))
-    return specs
+        values, severity = _stored(file_path, raw, errors, _warnings(raw, read))
+        yield values, read.rule, severity
 
 
 def require_command(spec: PhaseSpec, workers: Mapping[str, WorkerConfig]) -> PhaseSpec:
@@ -280,27 +302,30 @@ def _warnings(raw: RawPhase, read: _ReadRule) -> tuple[str, ...]:
     return tuple(f"unknown key: {shown(key)}" for key in raw.unknown_keys) + read.warnings + tokens
 
 
-def _spec(
-    file_path: str, raw: RawPhase, rule: Rule | None, errors: list[str], warnings: tuple[str, ...]
-) -> PhaseSpec:
-    """The spec of ``raw``, every field storable: a bad value is an error in the status, and
-    what is stored in its place only has to fit (the phase never runs)."""
+def _stored(
+    file_path: str, raw: RawPhase, errors: list[str], warnings: tuple[str, ...]
+) -> tuple[StoredPhase, Severity]:
+    """The stored values of ``raw``, every one storable (a bad value is an error in the status,
+    and what is stored in its place only has to fit: the phase never runs), and its severity."""
     if errors or warnings:
         severity = Severity.ERROR if errors else Severity.WARNING
         status = _storable_status("; ".join((*errors, *warnings)))
     else:
         severity, status = Severity.OK, ""
-    return PhaseSpec(
+    values = (
         file_path,
         raw.task,
         raw.depends_on if _storable_name(raw.depends_on) else "",
         _storable_text(raw.rule),
         _storable_text(raw.template),
         raw.retry if 0 <= raw.retry <= MAX_RETRY else 0,
-        rule,
         status,
-        severity,
+        _SEVERITY_TEXT[severity],
     )
+    return values, severity
+
+
+_SEVERITY_TEXT = {severity: severity.value for severity in Severity}  # .value is slow per row
 
 
 def _storable_text(text: str) -> str:

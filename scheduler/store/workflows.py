@@ -17,6 +17,11 @@ from scheduler.store.schema import phase_state, workflow_files, workflow_phases
 from scheduler.tasktime import iso
 
 
+# A workflow_phases row's values in column order, as validation.validate_rows gives them
+# (a PhaseRow is one too): (file_path, task, depends_on, rule, template, retry, status, severity)
+PhaseValues = tuple[str, str, str, str, str, int, str, str]
+
+
 class PhaseRow(NamedTuple):
     """A ``workflow_phases`` row as stored, its fields in column order.
 
@@ -143,7 +148,7 @@ class LoadedFile:
     file_path: str
     file_hash: str
     last_modified: datetime | None
-    phases: tuple[PhaseRow, ...]
+    phases: Sequence[PhaseValues]
     known: bool = True
     stat: FileStat | None = None
 
@@ -153,7 +158,7 @@ def replace_file(
     file_path: str,
     file_hash: str,
     last_modified: datetime | None,
-    phases: Iterable[PhaseRow],
+    phases: Iterable[PhaseValues],
     now: datetime,
     *,
     known: bool = True,
@@ -173,7 +178,7 @@ def store_files(conn: Connection, files: Sequence[LoadedFile], now: datetime) ->
     """
     for file in files:
         if file.known:
-            _forget_file(conn, file.file_path, kept=[phase.task for phase in file.phases])
+            _forget_file(conn, file.file_path, kept=[phase[1] for phase in file.phases])
     loaded_at = iso(now)
     conn.execute(
         _INSERT_FILE,
