@@ -288,7 +288,9 @@ def _check_cycles(
     """Name each cycle on every task on it, on the task's first row (``errors`` runs parallel
     to ``phases``)."""
     dag = graph.build(_Node(file_path, raw.task, raw.depends_on) for raw in phases)
-    for cycle in graph.cycles(dag):
+    # sorted: networkx finds cycles in an order that varies with string hashing, so a status
+    # naming several would read differently from one run (or process) to the next
+    for cycle in sorted(graph.cycles(dag)):
         message = graph.describe_cycle(cycle)
         for _, task in cycle:
             if message not in errors[tasks.first[task]]:
