@@ -187,17 +187,21 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace, phases: int, figures: dict[str, tuple[float, float]]) -> int:
     """Print each figure beside its floor; 1 when a target (scaled to --files) was missed."""
     python = sys.version.split()[0]
-    print(f"{args.files} files x {args.phases} phases = {phases} phases "
-          f"({datetime.now(UTC):%Y-%m-%d}, Python {python}, {os.cpu_count()} cores)")
+    print(
+        f"{args.files} files x {args.phases} phases = {phases} phases "
+        f"({datetime.now(UTC):%Y-%m-%d}, Python {python}, {os.cpu_count()} cores)"
+    )
     scale = args.files / 10_000
     failed = False
     for name, (seconds, floor) in figures.items():
         target = TARGETS_10K[name] * scale
         ok = seconds <= target
         failed |= not ok
-        print(f"  {name:<12} {seconds * 1000:9.1f} ms   floor {floor * 1000:8.1f} ms "
-              f"({seconds / floor:4.1f}x)   target {target * 1000:7.0f} ms  "
-              f"{'ok' if ok else 'MISSED'}")
+        print(
+            f"  {name:<12} {seconds * 1000:9.1f} ms   floor {floor * 1000:8.1f} ms "
+            f"({seconds / floor:4.1f}x)   target {target * 1000:7.0f} ms  "
+            f"{'ok' if ok else 'MISSED'}"
+        )
     print("  floors: cold = read+md5+parse every file; refresh = os.walk+os.stat every file")
     return 1 if failed else 0
 

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler import graph
-
 from scheduler.config import WorkerConfig
 from scheduler.loader import RawPhase
 from scheduler.validation import (

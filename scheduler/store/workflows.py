@@ -16,7 +16,6 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from scheduler.store.schema import phase_state, workflow_files, workflow_phases
 from scheduler.tasktime import iso
 
-
 # A workflow_phases row's values in column order, as validation.validate_rows gives them
 # (a PhaseRow is one too): (file_path, task, depends_on, rule, template, retry, status, severity)
 PhaseValues = tuple[str, str, str, str, str, int, str, str]
