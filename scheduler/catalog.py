@@ -35,6 +35,7 @@ from scheduler.store.workflows import (
     FileStat,
     LoadedFile,
     PhaseRow,
+    StatRow,
     StoredStat,
     file_stats,
     mark_broken,
@@ -107,26 +108,42 @@ class Catalog:
         """
         if not self.path.exists():
             raise WorkflowError(str(self.path), "no such file or folder")
-        present = WorkflowSource(self.path).stat_all()
-        too_long = [key for key in present if len(key) > MAX_KEY] if _longest(present) else []
-        for key in too_long:
-            del present[key]  # never stored, so it cannot stop the others
-            log.error("workflow %s: %s", key, TOO_LONG)
+        present, too_long = self._present()
         with self.db.read() as conn:
             known = file_stats(conn)
-            # a stored mtime of None (racy) equals no file's, and a size of -1 (stat failed)
-            # is never stored with an mtime, so either way the file is read
-            keys = sorted(
-                key
-                for key, (_, size, mtime_ns) in present.items()
-                if known.get(key) != (key, size, mtime_ns)
-            )
+            keys = _stale_keys(present, known)
             stored = stored_stats(conn, [key for key in keys if key in known])
         scanned_ns = time.time_ns()
         stale = [(SourceFile(key, *present[key]), stored.get(key)) for key in keys]
+        restat: dict[str, FileStat] = {}
+        changed, errors = self._load(stale, scanned_ns, restat)
+        removed = _removed(known, present, keys)
+        self._forget(removed, restat)
+        errors += [(key, TOO_LONG) for key in too_long]
+        if changed or removed:
+            log.info("workflows refreshed: %s", ", ".join(changed + ["-" + k for k in removed]))
+        return RefreshResult(tuple(changed), tuple(removed), tuple(errors))
+
+    def _present(self) -> tuple[dict[str, Found], list[str]]:
+        """The workflow files now present, by key, and the keys too long to store: those are
+        left out (and logged), so that they cannot stop the others."""
+        present = WorkflowSource(self.path).stat_all()
+        too_long = [key for key in present if len(key) > MAX_KEY] if _any_too_long(present) else []
+        for key in too_long:
+            del present[key]
+            log.error("workflow %s: %s", key, TOO_LONG)
+        return present, too_long
+
+    def _load(
+        self,
+        stale: list[tuple[SourceFile, StoredStat | None]],
+        scanned_ns: int,
+        restat: dict[str, FileStat],
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """Read, parse and store ``stale`` FILES_PER_TRANSACTION files at a time; the keys
+        reloaded and the files in error."""
         changed: list[str] = []
         errors: list[tuple[str, str]] = []
-        restat: dict[str, FileStat] = {}
         now = self.clock.now()
         for start in range(0, len(stale), FILES_PER_TRANSACTION):
             batch = stale[start : start + FILES_PER_TRANSACTION]
@@ -134,12 +151,7 @@ class Catalog:
             self._store(updates, now)
             changed += [update.load.file_path for update in updates]
             errors += [(u.load.file_path, u.load.error) for u in updates if u.load.error]
-        removed = sorted(known.keys() - present.keys())
-        self._forget(removed, restat)
-        errors += [(key, TOO_LONG) for key in too_long]
-        if changed or removed:
-            log.info("workflows refreshed: %s", ", ".join(changed + ["-" + k for k in removed]))
-        return RefreshResult(tuple(changed), tuple(removed), tuple(errors))
+        return changed, errors
 
     def _read_batch(
         self,
@@ -258,9 +270,29 @@ TOO_LONG = f"file path longer than {MAX_KEY} characters below the workflow folde
 RACY_NS = 2_000_000_000
 
 
-def _longest(keys: dict[str, Found]) -> bool:
+def _any_too_long(keys: dict[str, Found]) -> bool:
     """True when a key is longer than MAX_KEY (checked in C: one refresh visits every key)."""
     return max(map(len, keys), default=0) > MAX_KEY
+
+
+def _stale_keys(present: dict[str, Found], known: dict[str, StatRow]) -> list[str]:
+    """The keys of files whose stat is not the one stored (new files too), in key order."""
+    # A stored mtime of None (racy) equals no file's, and a size of -1 (stat failed) is never
+    # stored with an mtime: either way the file is read.
+    return sorted(
+        key
+        for key, (_, size, mtime_ns) in present.items()
+        if known.get(key) != (key, size, mtime_ns)
+    )
+
+
+def _removed(known: dict[str, StatRow], present: dict[str, Found], stale: list[str]) -> list[str]:
+    """The stored keys no longer present, in key order. Counted first: with no file new or
+    gone, as in most refreshes, no set of every key is built."""
+    new = sum(1 for key in stale if key not in known)
+    if len(known) == len(present) - new:
+        return []
+    return sorted(known.keys() - present.keys())
 
 
 def _trusted_stat(found: SourceFile, scanned_ns: int) -> FileStat:
