@@ -3,8 +3,9 @@
 Checks, in the order their messages are listed in a status: the phase's own values (types, and
 ranges: nothing may overflow a database column or hold a NUL byte), its rule (format, cron,
 durations, values), that it is scheduled at all (a cron, ``depends_on``, ``files`` or ``manual``),
-that its parent exists in the same file, that it is on no dependency cycle, and that its task is
-not defined twice. Errors stop a phase from firing; warnings (unknown keys, unknown template
+that its parent exists in the same file, that it is on no dependency cycle (each one it is on
+is named, in order of their tasks, so a status reads the same in every run), and that its task
+is not defined twice. Errors stop a phase from firing; warnings (unknown keys, unknown template
 tokens, a cron that never fires, a cron beside ``manual``) do not. A status is "" when the phase
 is clean.
 
@@ -111,7 +112,7 @@ def validate_rows(file_path: str, phases: Sequence[RawPhase]) -> list[StoredPhas
 def _validated(
     file_path: str, phases: Sequence[RawPhase]
 ) -> Iterator[tuple[StoredPhase, Rule | None, Severity]]:
-    """Per distinct task, in file order: its stored values, its rule and its severity.
+    """Per distinct task, where it is first defined: its stored values, rule and severity.
 
     The file's tasks are indexed once for the parent and cycle checks; the networkx graph
     is built only for a file that has a cycle, to name it.
