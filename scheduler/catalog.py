@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from scheduler import graph
@@ -21,6 +22,7 @@ from scheduler.config import WorkerConfig
 from scheduler.errors import RuleError, WorkflowError
 from scheduler.loader import (
     FileLoad,
+    Found,
     SourceFile,
     WorkflowSource,
     md5_hex,
@@ -30,18 +32,20 @@ from scheduler.loader import (
 from scheduler.rules import parse_rule
 from scheduler.store.db import Database
 from scheduler.store.workflows import (
-    FileRow,
     FileStat,
     LoadedFile,
     PhaseRow,
-    file_rows,
+    StatRow,
+    StoredStat,
+    file_stats,
     mark_broken,
     phase_rows,
     record_stats,
     remove_file,
     store_files,
+    stored_stats,
 )
-from scheduler.validation import PhaseSpec, Severity, require_command, validate_file
+from scheduler.validation import PhaseSpec, Severity, StoredPhase, require_command, validate_rows
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class _Update:
     """One changed file, parsed and validated, ready to write."""
 
     load: FileLoad
-    rows: tuple[PhaseRow, ...]
+    rows: Sequence[StoredPhase]
     known: bool  # the store has a row for this file already
     stat: FileStat  # what stat said before the file was read
 
@@ -99,43 +103,79 @@ class Catalog:
 
         Stat first: a file whose size and modification time match what the store remembers is
         not read. One whose stat changed is read and hashed, and reloaded only if its md5 did.
+        Changed files are read, parsed and written FILES_PER_TRANSACTION at a time, so only
+        one batch of parsed phases is ever held in memory.
         """
         if not self.path.exists():
             raise WorkflowError(str(self.path), "no such file or folder")
-        present = WorkflowSource(self.path).scan()
-        too_long = [key for key in present if len(key) > MAX_KEY]
-        for key in too_long:
-            del present[key]  # never stored, so it cannot stop the others
-            log.error("workflow %s: %s", key, TOO_LONG)
+        present, too_long = self._present()
         with self.db.read() as conn:
-            known = file_rows(conn)
+            known = file_stats(conn)
+            keys = _stale_keys(present, known)
+            stored = stored_stats(conn, [key for key in keys if key in known])
         scanned_ns = time.time_ns()
-        updates: list[_Update] = []
+        stale = [(SourceFile(key, *present[key]), stored.get(key)) for key in keys]
         restat: dict[str, FileStat] = {}
-        for key, found in present.items():
-            stored = known.get(key)
-            if stored is not None and _same_stat(stored, found):
-                continue
-            stat = _trusted_stat(found, scanned_ns)
-            update = self._read_if_changed(found, stored, stat)
-            if update is not None:
-                updates.append(update)
-            elif stored is not None and (stored.file_size, stored.file_mtime_ns) != (
-                stat.size,
-                stat.mtime_ns,
-            ):
-                restat[key] = stat
-        removed = [key for key in known if key not in present]
-        self._write(updates, removed, restat)
-        changed = [update.load.file_path for update in updates]
-        errors = [(u.load.file_path, u.load.error) for u in updates if u.load.error]
+        changed, errors = self._load(stale, scanned_ns, restat)
+        removed = _removed(known, present, keys)
+        self._forget(removed, restat)
         errors += [(key, TOO_LONG) for key in too_long]
         if changed or removed:
             log.info("workflows refreshed: %s", ", ".join(changed + ["-" + k for k in removed]))
         return RefreshResult(tuple(changed), tuple(removed), tuple(errors))
 
+    def _present(self) -> tuple[dict[str, Found], list[str]]:
+        """The workflow files now present, by key, and the keys too long to store: those are
+        left out (and logged), so that they cannot stop the others."""
+        present = WorkflowSource(self.path).stat_all()
+        too_long = [key for key in present if len(key) > MAX_KEY] if _any_too_long(present) else []
+        for key in too_long:
+            del present[key]
+            log.error("workflow %s: %s", key, TOO_LONG)
+        return present, too_long
+
+    def _load(
+        self,
+        stale: list[tuple[SourceFile, StoredStat | None]],
+        scanned_ns: int,
+        restat: dict[str, FileStat],
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """Read, parse and store ``stale`` FILES_PER_TRANSACTION files at a time; the keys
+        reloaded and the files in error."""
+        changed: list[str] = []
+        errors: list[tuple[str, str]] = []
+        now = self.clock.now()
+        for start in range(0, len(stale), FILES_PER_TRANSACTION):
+            batch = stale[start : start + FILES_PER_TRANSACTION]
+            updates = self._read_batch(batch, scanned_ns, restat)
+            self._store(updates, now)
+            changed += [update.load.file_path for update in updates]
+            errors += [(u.load.file_path, u.load.error) for u in updates if u.load.error]
+        return changed, errors
+
+    def _read_batch(
+        self,
+        batch: list[tuple[SourceFile, StoredStat | None]],
+        scanned_ns: int,
+        restat: dict[str, FileStat],
+    ) -> list[_Update]:
+        """The updates of the files in ``batch`` whose content changed; a file read again
+        unchanged only has its new stat put in ``restat``."""
+        updates = []
+        for found, stored in batch:
+            stat = _trusted_stat(found, scanned_ns)
+            update = self._read_if_changed(found, stored, stat)
+            if update is not None:
+                updates.append(update)
+            elif stored is not None and (stored.size, stored.mtime_ns) != (
+                stat.size,
+                stat.mtime_ns,
+            ):
+                restat[found.key] = stat
+        return updates
+
     def _read_if_changed(
-        self, found: SourceFile, stored: FileRow | None, stat: FileStat
+        self, found: SourceFile, stored: StoredStat | None, stat: FileStat
     ) -> _Update | None:
         """Read, parse and validate ``found`` unless its md5 matches ``stored``; else None."""
         key = found.key
@@ -151,37 +191,36 @@ class Catalog:
         load = parse_bytes(key, data, modified)
         if load.error:
             return _Update(load, (), stored is not None, stat)
-        rows = tuple(_row(spec) for spec in validate_file(load.file_path, load.phases))
+        rows = validate_rows(load.file_path, load.phases)
         return _Update(load, rows, stored is not None, stat)
 
-    def _write(
-        self, updates: list[_Update], removed: list[str], restat: dict[str, FileStat]
-    ) -> None:
-        """Store the updates, up to FILES_PER_TRANSACTION files per transaction, then removals
-        and the new stat of files read again unchanged.
+    def _store(self, updates: list[_Update], now: datetime) -> None:
+        """Store one batch of updates in one transaction.
 
         A file's row and phases always commit together (never split over two transactions);
         batching files only saves a commit per file, which dominates a cold load.
         """
-        now = self.clock.now()
-        for start in range(0, len(updates), FILES_PER_TRANSACTION):
-            batch = updates[start : start + FILES_PER_TRANSACTION]
-            with self.db.write() as conn:
-                for update in batch:
-                    load = update.load
-                    if load.error:
-                        log.warning("workflow %s: %s", load.file_path, load.error)
-                        mark_broken(
-                            conn,
-                            load.file_path,
-                            load.file_hash,
-                            load.last_modified,
-                            load.error,
-                            update.stat,
-                        )
-                loaded = [_loaded(update) for update in batch if not update.load.error]
-                if loaded:
-                    store_files(conn, loaded, now)
+        if not updates:
+            return
+        with self.db.write() as conn:
+            for update in updates:
+                load = update.load
+                if load.error:
+                    log.warning("workflow %s: %s", load.file_path, load.error)
+                    mark_broken(
+                        conn,
+                        load.file_path,
+                        load.file_hash,
+                        load.last_modified,
+                        load.error,
+                        update.stat,
+                    )
+            loaded = [_loaded(update) for update in updates if not update.load.error]
+            if loaded:
+                store_files(conn, loaded, now)
+
+    def _forget(self, removed: list[str], restat: dict[str, FileStat]) -> None:
+        """Delete the rows of removed files; store the new stat of files read again unchanged."""
         if removed or restat:
             with self.db.write() as conn:
                 for key in removed:
@@ -231,13 +270,29 @@ TOO_LONG = f"file path longer than {MAX_KEY} characters below the workflow folde
 RACY_NS = 2_000_000_000
 
 
-def _same_stat(stored: FileRow, found: SourceFile) -> bool:
-    return (
-        stored.file_mtime_ns is not None
-        and found.size >= 0
-        and stored.file_size == found.size
-        and stored.file_mtime_ns == found.mtime_ns
+def _any_too_long(keys: dict[str, Found]) -> bool:
+    """True when a key is longer than MAX_KEY (checked in C: one refresh visits every key)."""
+    return max(map(len, keys), default=0) > MAX_KEY
+
+
+def _stale_keys(present: dict[str, Found], known: dict[str, StatRow]) -> list[str]:
+    """The keys of files whose stat is not the one stored (new files too), in key order."""
+    # A stored mtime of None (racy) equals no file's, and a size of -1 (stat failed) is never
+    # stored with an mtime: either way the file is read.
+    return sorted(
+        key
+        for key, (_, size, mtime_ns) in present.items()
+        if known.get(key) != (key, size, mtime_ns)
     )
+
+
+def _removed(known: dict[str, StatRow], present: dict[str, Found], stale: list[str]) -> list[str]:
+    """The stored keys no longer present, in key order. Counted first: with no file new or
+    gone, as in most refreshes, no set of every key is built."""
+    new = sum(1 for key in stale if key not in known)
+    if len(known) == len(present) - new:
+        return []
+    return sorted(known.keys() - present.keys())
 
 
 def _trusted_stat(found: SourceFile, scanned_ns: int) -> FileStat:
@@ -277,17 +332,4 @@ def _loaded(update: _Update) -> LoadedFile:
     load = update.load
     return LoadedFile(
         load.file_path, load.file_hash, load.last_modified, update.rows, update.known, update.stat
-    )
-
-
-def _row(spec: PhaseSpec) -> PhaseRow:
-    return PhaseRow(
-        file_path=spec.file_path,
-        task=spec.task,
-        depends_on=spec.depends_on,
-        rule=spec.rule_text,
-        template=spec.template,
-        retry=spec.retry,
-        status=spec.status,
-        severity=spec.severity.value,
     )

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import tomli
 
@@ -57,14 +57,19 @@ class FileLoad:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class SourceFile:
+class SourceFile(NamedTuple):
     """A workflow file found on disk, with what ``stat`` said of it when it was found."""
 
     key: str
     path: str
-    size: int
+    size: int  # -1 when stat failed (a dangling link): reading it reports the error
     mtime_ns: int
+
+
+# What the walk keeps of each file, by key: (path, size, mtime_ns) as for SourceFile. A plain
+# tuple, not a SourceFile: the garbage collector stops tracking a plain tuple of strings and
+# ints, and one per file tracked made an unchanged refresh of many files pay for collections.
+Found = tuple[str, int, int]
 
 
 @dataclass(frozen=True)
@@ -83,25 +88,30 @@ class WorkflowSource:
 
     def scan(self) -> dict[str, SourceFile]:
         """Every workflow file now present with its size and modification time, by key, in key
-        order. One ``stat`` per file and no reads: refresh decides from these what to read."""
+        order."""
+        return {key: SourceFile(key, *found) for key, found in sorted(self.stat_all().items())}
+
+    def stat_all(self) -> dict[str, Found]:
+        """Every workflow file now present with its size and modification time, by key, in no
+        particular order. One ``stat`` per file and no reads: refresh decides from these what
+        to read (and sorts only what it reads)."""
         if not self.is_dir:
             try:
                 st = os.stat(self.path)
             except OSError:
                 return {}
-            name = self.path.name
-            return {name: SourceFile(name, os.fspath(self.path), st.st_size, st.st_mtime_ns)}
-        found = {f.key: f for f in _scan_toml(os.fspath(self.path))}
-        return dict(sorted(found.items()))
+            return {self.path.name: (os.fspath(self.path), st.st_size, st.st_mtime_ns)}
+        return _scan_toml(os.fspath(self.path))
 
 
-def _scan_toml(root: str) -> Iterator[SourceFile]:
+def _scan_toml(root: str) -> dict[str, Found]:
     """Walk ``root`` on plain strings (no path objects: a refresh of many files is mostly this).
 
     Hidden files and folders are skipped. A key is the path below ``root`` unless ``root``'s last
     segment appears again below it, where ``file_key``'s embedded-root rule decides.
     """
     root_name = _segments(root)[-1] if _segments(root) else ""
+    found: dict[str, Found] = {}
     stack = [(root, "")]
     while stack:
         folder, prefix = stack.pop()
@@ -109,9 +119,11 @@ def _scan_toml(root: str) -> Iterator[SourceFile]:
             entries = list(os.scandir(folder))
         except OSError:
             continue  # a folder that vanished or can't be listed holds no workflows now
+        # a folder below root named as root: its files' keys follow file_key's rule
+        embedded = bool(root_name) and root_name in prefix.split("/")
         for entry in entries:
             name = entry.name
-            if name.startswith("."):
+            if name[0] == ".":
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):  # as os.walk: links to folders not followed
@@ -119,11 +131,16 @@ def _scan_toml(root: str) -> Iterator[SourceFile]:
                     continue
             except OSError:
                 continue  # removed between listing and the check: gone for this refresh
-            if name.endswith(".toml"):
-                key = prefix + name
-                if root_name and root_name in key.split("/")[:-1]:
-                    key = file_key(root, entry.path)
-                yield _found(_storable(key), entry)
+            if not name.endswith(".toml"):
+                continue
+            key = file_key(root, entry.path) if embedded else prefix + name
+            try:
+                st = entry.stat()
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            except OSError:  # a dangling link: listed, so that reading it reports the error
+                size = mtime_ns = -1
+            found[key if key.isascii() else _storable(key)] = (entry.path, size, mtime_ns)
+    return found
 
 
 def file_key(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
@@ -157,14 +174,6 @@ def _storable(key: str) -> str:
     except UnicodeEncodeError:
         return key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return key
-
-
-def _found(key: str, entry: os.DirEntry[str]) -> SourceFile:
-    try:
-        st = entry.stat()
-    except OSError:  # a dangling link: listed, so that reading it reports the error
-        return SourceFile(key, entry.path, -1, -1)
-    return SourceFile(key, entry.path, st.st_size, st.st_mtime_ns)
 
 
 def read_source(path: str | os.PathLike[str]) -> tuple[bytes, datetime]:
@@ -207,27 +216,41 @@ def read_phase(table: dict[str, Any], position: int = 0) -> RawPhase:
     problems: list[str] = []
     unknown: list[str] = []
     for key, value in table.items():
-        name = _PHASE_KEYS.get(key.lower().replace("_", ""))
+        name = _field(key)
         if name is None:
             unknown.append(key)
         elif name in values:
             problems.append(f"duplicate key: {key}")
-        elif not _type_ok(name, value):
-            problems.append(_type_problem(key, name, value))
-        else:
+        elif isinstance(value, str) if name != "retry" else _whole(value):
             values[name] = value
-    if not values.get("task"):
+        else:
+            problems.append(_type_problem(key, name, value))
+    task = values.get("task", "")
+    rule = values.get("rule", "")
+    if not task:
         problems.append("missing key: task")
-    values["task"] = normalise_task(values.get("task", ""), values.get("rule", ""))
     return RawPhase(
-        **values, problems=tuple(problems), unknown_keys=tuple(unknown), position=position
+        normalise_task(task, rule),
+        rule,
+        values.get("depends_on", ""),
+        values.get("retry", 0),
+        values.get("template", ""),
+        tuple(problems),
+        tuple(unknown),
+        position,
     )
 
 
-def _type_ok(name: str, value: Any) -> bool:
-    if name == "retry":
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return isinstance(value, str)
+@lru_cache(maxsize=1024)
+def _field(key: str) -> str | None:
+    """The field a key names (None: unknown). Files repeat a handful of spellings, so each
+    is normalised once."""
+    return _PHASE_KEYS.get(key.lower().replace("_", ""))
+
+
+def _whole(value: Any) -> bool:
+    """A retry count: a whole number of at least 0 (TOML's booleans are no numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _type_problem(key: str, name: str, value: Any) -> str:
@@ -246,6 +269,8 @@ def normalise_task(task: str, rule: str) -> str:
 
 def rule_job(rule: str) -> str:
     """The rule's ``job`` value, or "" (also for a rule too broken to read)."""
+    if "job" not in rule and "%" not in rule:
+        return ""  # no key can read "job" (only a % escape could spell it otherwise)
     try:
         pairs = query_pairs(rule)
     except ValueError:

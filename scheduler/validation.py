@@ -3,8 +3,9 @@
 Checks, in the order their messages are listed in a status: the phase's own values (types, and
 ranges: nothing may overflow a database column or hold a NUL byte), its rule (format, cron,
 durations, values), that it is scheduled at all (a cron, ``depends_on``, ``files`` or ``manual``),
-that its parent exists in the same file, that it is on no dependency cycle, and that its task is
-not defined twice. Errors stop a phase from firing; warnings (unknown keys, unknown template
+that its parent exists in the same file, that it is on no dependency cycle (each one it is on
+is named, in order of their tasks, so a status reads the same in every run), and that its task
+is not defined twice. Errors stop a phase from firing; warnings (unknown keys, unknown template
 tokens, a cron that never fires, a cron beside ``manual``) do not. A status is "" when the phase
 is clean.
 
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import lru_cache
 
 from scheduler import graph, templates
 from scheduler.config import WorkerConfig
@@ -85,32 +87,49 @@ class PhaseSpec:
         return f"{self.file_path} {self.task}" if unnamed else f"{self.file_path} [{self.task}]"
 
 
+# A validated phase as workflow_phases stores it, in its column order: (file_path, task,
+# depends_on, rule, template, retry, status, severity)
+StoredPhase = tuple[str, str, str, str, str, int, str, str]
+
+
 def validate_file(file_path: str, phases: Sequence[RawPhase]) -> list[PhaseSpec]:
     """Validate every phase of one file against each other; one spec per distinct task.
 
     Never raises for what a phase holds: every problem becomes part of its spec's status.
     """
+    return [
+        PhaseSpec(*values[:6], rule, values[6], severity)
+        for values, rule, severity in _validated(file_path, phases)
+    ]
+
+
+def validate_rows(file_path: str, phases: Sequence[RawPhase]) -> list[StoredPhase]:
+    """``validate_file``'s specs as the rows ``workflow_phases`` stores, and nothing more: a
+    cold load stores a row per phase, and building a spec first cost a tenth of it."""
+    return [values for values, _, _ in _validated(file_path, phases)]
+
+
+def _validated(
+    file_path: str, phases: Sequence[RawPhase]
+) -> Iterator[tuple[StoredPhase, Rule | None, Severity]]:
+    """Per distinct task, where it is first defined: its stored values, rule and severity.
+
+    The file's tasks are indexed once for the parent and cycle checks; the networkx graph
+    is built only for a file that has a cycle, to name it.
+    """
     phases = [_named(raw, index) for index, raw in enumerate(phases, 1)]
-    rules = {id(raw): _parse(raw) for raw in phases}
-    errors = {id(raw): list(raw.problems) for raw in phases}
-    for raw in phases:
-        rule, problem = rules[id(raw)]
-        errors[id(raw)].extend(_value_problems(raw))
-        errors[id(raw)].extend(_own_problems(raw, rule, problem))
-    _check_parents(file_path, phases, errors)
-    _check_cycles(file_path, phases, errors)
-    counts = Counter(raw.task for raw in phases)
-    specs: dict[str, PhaseSpec] = {}
-    for raw in phases:
-        if raw.task in specs:
-            continue
-        if counts[raw.task] > 1:
-            errors[id(raw)].append(
-                f"duplicate task: {shown(raw.task)} defined {counts[raw.task]} times"
-            )
-        rule = rules[id(raw)][0]
-        specs[raw.task] = _spec(file_path, raw, rule, errors[id(raw)], _warnings(raw, rule))
-    return list(specs.values())
+    tasks = _Tasks(phases)
+    checked = [_check(raw, tasks) for raw in phases]
+    if not tasks.acyclic(phases):
+        _check_cycles(file_path, phases, tasks, [errors for _, errors in checked])
+    counts = Counter(raw.task for raw in phases) if len(tasks.first) < len(phases) else None
+    for number in tasks.first.values():
+        raw = phases[number]
+        read, errors = checked[number]
+        if counts is not None and counts[raw.task] > 1:
+            errors.append(f"duplicate task: {shown(raw.task)} defined {counts[raw.task]} times")
+        values, severity = _stored(file_path, raw, errors, _warnings(raw, read))
+        yield values, read.rule, severity
 
 
 def require_command(spec: PhaseSpec, workers: Mapping[str, WorkerConfig]) -> PhaseSpec:
@@ -127,8 +146,8 @@ def require_command(spec: PhaseSpec, workers: Mapping[str, WorkerConfig]) -> Pha
 
 def _named(raw: RawPhase, index: int) -> RawPhase:
     """``raw`` with a task that can be a key: its position (``phase 3``) when its own can't."""
-    if _storable_name(raw.task) and raw.task.partition(":")[0]:
-        return raw
+    if raw.task[:1] not in ("", ":") and _storable_name(raw.task):
+        return raw  # the usual phase: a topic, and a name any column takes
     problems = raw.problems
     if raw.task and raw.task.partition(":")[0]:
         problems += (f"invalid value: task={shown(raw.task)} ({_name_problem(raw.task)})",)
@@ -161,73 +180,155 @@ def _value_problems(raw: RawPhase) -> list[str]:
     return problems
 
 
-def _parse(raw: RawPhase) -> tuple[Rule | None, str]:
+@dataclass(frozen=True, slots=True)
+class _ReadRule:
+    """A rule text read once for every phase that shares it: the rule (None when unusable),
+    its error ("" when none), whether it schedules the phase, and its warnings."""
+
+    rule: Rule | None
+    problem: str
+    scheduled: bool
+    warnings: tuple[str, ...]
+
+
+@lru_cache(maxsize=8192)
+def _read_rule(text: str) -> _ReadRule:
     try:
-        return parse_rule(raw.rule), ""
+        rule = parse_rule(text)
     except RuleError as exc:
-        return None, exc.status
-
-
-def _own_problems(raw: RawPhase, rule: Rule | None, problem: str) -> list[str]:
-    if problem:
-        return [problem]
-    assert rule is not None
+        return _ReadRule(None, exc.status, False, ())
     scheduled = rule.cron is not None or rule.never_fires or rule.manual or bool(rule.files)
-    if not raw.depends_on and not scheduled:
-        return [NON_SCHEDULED]
-    return []
+    warnings = [f"unknown key: {shown(key)}" for key in rule.unknown]
+    if rule.never_fires:
+        warnings.append(f"cron never fires: {shown(rule.cron_text)}")
+    elif rule.manual and rule.cron_text:
+        warnings.append(f"cron ignored: manual phase has no schedule ({shown(rule.cron_text)})")
+    return _ReadRule(rule, "", scheduled, tuple(warnings))
 
 
-def _check_parents(
-    file_path: str, phases: Sequence[RawPhase], errors: dict[int, list[str]]
+@lru_cache(maxsize=8192)
+def _token_warnings(template: str) -> tuple[str, ...]:
+    # templates repeat across phases and files: scanning each distinct one once pays
+    tokens = templates.unknown_tokens(template)
+    return tuple(f"unknown template token: {shown(token)}" for token in tokens)
+
+
+def _check(raw: RawPhase, tasks: _Tasks) -> tuple[_ReadRule, list[str]]:
+    """The phase's rule, and its errors in status order: its own values, its rule, whether it
+    is scheduled, its parent. (Cycles and duplicates are added by the file's checks.)"""
+    read = _read_rule(raw.rule)
+    errors = list(raw.problems)
+    errors.extend(_value_problems(raw))
+    if read.problem:
+        errors.append(read.problem)
+    elif not raw.depends_on and not read.scheduled:
+        errors.append(NON_SCHEDULED)
+    if raw.depends_on and not tasks.parents(raw.depends_on):
+        errors.append(f"parent task not found: {raw.depends_on}")
+    return read, errors
+
+
+class _Tasks:
+    """One file's tasks: the row each is first defined on, and the tasks of each topic. A
+    ``depends_on`` names tasks of its own file only, by topic or exactly, as in ``graph``."""
+
+    def __init__(self, phases: Sequence[RawPhase]) -> None:
+        self.first: dict[str, int] = {}  # a duplicated task is kept (and reported) on its first
+        for number, raw in enumerate(phases):
+            self.first.setdefault(raw.task, number)
+        self.by_topic: dict[str, list[str]] = {}
+        for task in self.first:
+            self.by_topic.setdefault(task.partition(":")[0], []).append(task)
+
+    def parents(self, depends_on: str) -> Sequence[str]:
+        """The tasks ``depends_on`` names (empty when none)."""
+        if ":" in depends_on:
+            return (depends_on,) if depends_on in self.first else ()
+        return self.by_topic.get(depends_on, ())
+
+    def acyclic(self, phases: Sequence[RawPhase]) -> bool:
+        """True when the parent → child edges of ``phases`` form no cycle.
+
+        When every edge runs from a task first defined earlier in the file to one defined
+        later (the usual file: parents written first), that order is a topological one and
+        there is no cycle; otherwise Kahn's algorithm decides.
+        """
+        first = self.first
+        for raw in phases:
+            if raw.depends_on:
+                child = first[raw.task]
+                for parent in self.parents(raw.depends_on):
+                    if first[parent] >= child:
+                        return self._sortable(phases)
+        return True
+
+    def _sortable(self, phases: Sequence[RawPhase]) -> bool:
+        """Kahn's algorithm: every task can be taken once all its parents were."""
+        children: dict[str, set[str]] = {}
+        waiting = dict.fromkeys(self.first, 0)  # per task: its parents not taken yet
+        for raw in phases:
+            for parent in self.parents(raw.depends_on) if raw.depends_on else ():
+                kids = children.setdefault(parent, set())
+                if raw.task not in kids:
+                    kids.add(raw.task)
+                    waiting[raw.task] += 1
+        ready = [task for task, count in waiting.items() if count == 0]
+        taken = 0
+        while ready:
+            taken += 1
+            for child in children.get(ready.pop(), ()):
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    ready.append(child)
+        return taken == len(waiting)
+
+
+def _check_cycles(
+    file_path: str, phases: Sequence[RawPhase], tasks: _Tasks, errors: list[list[str]]
 ) -> None:
-    index = graph.ParentIndex(_Node(file_path, raw.task, raw.depends_on) for raw in phases)
-    for raw in phases:
-        if raw.depends_on and not index.parents(file_path, raw.depends_on):
-            errors[id(raw)].append(f"parent task not found: {raw.depends_on}")
-
-
-def _check_cycles(file_path: str, phases: Sequence[RawPhase], errors: dict[int, list[str]]) -> None:
+    """Name each cycle on every task on it, on the task's first row (``errors`` runs parallel
+    to ``phases``)."""
     dag = graph.build(_Node(file_path, raw.task, raw.depends_on) for raw in phases)
-    by_task: dict[str, RawPhase] = {}
-    for raw in phases:
-        by_task.setdefault(raw.task, raw)  # a duplicated task reports on its first, kept, row
-    for cycle in graph.cycles(dag):
+    # sorted: networkx finds cycles in an order that varies with string hashing, so a status
+    # naming several would read differently from one run (or process) to the next
+    for cycle in sorted(graph.cycles(dag)):
         message = graph.describe_cycle(cycle)
         for _, task in cycle:
-            if message not in errors[id(by_task[task])]:
-                errors[id(by_task[task])].append(message)
+            if message not in errors[tasks.first[task]]:
+                errors[tasks.first[task]].append(message)
 
 
-def _warnings(raw: RawPhase, rule: Rule | None) -> list[str]:
-    keys = raw.unknown_keys + (rule.unknown if rule else ())
-    warnings = [f"unknown key: {shown(key)}" for key in keys]
-    if rule is not None and rule.never_fires:
-        warnings.append(f"cron never fires: {shown(rule.cron_text)}")
-    elif rule is not None and rule.manual and rule.cron_text:
-        warnings.append(f"cron ignored: manual phase has no schedule ({shown(rule.cron_text)})")
-    tokens = templates.unknown_tokens(raw.template)
-    warnings.extend(f"unknown template token: {shown(token)}" for token in tokens)
-    return warnings
+def _warnings(raw: RawPhase, read: _ReadRule) -> tuple[str, ...]:
+    tokens = _token_warnings(raw.template)
+    if not raw.unknown_keys:
+        return read.warnings + tokens if read.warnings else tokens
+    return tuple(f"unknown key: {shown(key)}" for key in raw.unknown_keys) + read.warnings + tokens
 
 
-def _spec(
-    file_path: str, raw: RawPhase, rule: Rule | None, errors: list[str], warnings: list[str]
-) -> PhaseSpec:
-    """The spec of ``raw``, every field storable: a bad value is an error in the status, and
-    what is stored in its place only has to fit (the phase never runs)."""
-    severity = Severity.ERROR if errors else Severity.WARNING if warnings else Severity.OK
-    return PhaseSpec(
-        file_path=file_path,
-        task=raw.task,
-        depends_on=raw.depends_on if _storable_name(raw.depends_on) else "",
-        rule_text=_storable_text(raw.rule),
-        template=_storable_text(raw.template),
-        retry=raw.retry if 0 <= raw.retry <= MAX_RETRY else 0,
-        rule=rule,
-        status=_storable_status("; ".join(errors + warnings)),
-        severity=severity,
+def _stored(
+    file_path: str, raw: RawPhase, errors: list[str], warnings: tuple[str, ...]
+) -> tuple[StoredPhase, Severity]:
+    """The stored values of ``raw``, every one storable (a bad value is an error in the status,
+    and what is stored in its place only has to fit: the phase never runs), and its severity."""
+    if errors or warnings:
+        severity = Severity.ERROR if errors else Severity.WARNING
+        status = _storable_status("; ".join((*errors, *warnings)))
+    else:
+        severity, status = Severity.OK, ""
+    values = (
+        file_path,
+        raw.task,
+        raw.depends_on if _storable_name(raw.depends_on) else "",
+        _storable_text(raw.rule),
+        _storable_text(raw.template),
+        raw.retry if 0 <= raw.retry <= MAX_RETRY else 0,
+        status,
+        _SEVERITY_TEXT[severity],
     )
+    return values, severity
+
+
+_SEVERITY_TEXT = {severity: severity.value for severity in Severity}  # .value is slow per row
 
 
 def _storable_text(text: str) -> str:

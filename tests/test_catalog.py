@@ -12,6 +12,7 @@ from scheduler import catalog as catalog_module
 from scheduler.catalog import Catalog, depends_on_matches
 from scheduler.errors import WorkflowError
 from scheduler.loader import read_source
+from scheduler.store import workflows as workflows_module
 from scheduler.store.db import Database
 from scheduler.store.workflows import PhaseRow, file_rows, phase_rows, replace_file
 from tests.conftest import ManualClock, WriteWorkflow
@@ -494,3 +495,70 @@ def test_a_path_too_long_to_store_is_an_error_of_its_own(
         ((key, error),) = result.errors
         assert key.endswith("/w.toml") and "longer than 1024 characters" in error
     assert list(stored_files(db)) == ["good.toml"]
+
+
+def test_changed_files_are_read_and_written_a_batch_at_a_time(
+    catalog: Catalog,
+    db: Database,
+    write_workflow: WriteWorkflow,
+    workflow_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given five files in sub-folders, one broken, and batches of two files
+    monkeypatch.setattr(catalog_module, "FILES_PER_TRANSACTION", 2)
+    events: list[str] = []
+    reader, writer = catalog_module.read_source, catalog_module.store_files
+
+    def read(path: str) -> tuple[bytes, object]:
+        events.append("read")
+        return reader(path)
+
+    def store(conn: object, files: list[object], now: object) -> None:
+        events.append(f"store {len(files)}")
+        writer(conn, files, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(catalog_module, "read_source", read)
+    monkeypatch.setattr(catalog_module, "store_files", store)
+    names = ["b/two.toml", "a.toml", "b/c/three.toml", "b/broken.toml", "z.toml"]
+    for name in names:
+        write_workflow(name, "[[phase]\n" if "broken" in name else F2)
+    # when refreshed
+    result = catalog.refresh()
+    # then each batch is written before the next is read, in key order, the broken file
+    # stopping no other
+    # (a.toml, b/broken.toml), (b/c/three.toml, b/two.toml), (z.toml); broken is no store_files row
+    assert events == ["read", "read", "store 1", "read", "read", "store 2", "read", "store 1"]
+    assert result.keys == sorted(names)
+    assert [key for key, _ in result.errors] == ["b/broken.toml"]
+    assert [key for key, error in stored_files(db).items() if not error] == [
+        "a.toml", "b/c/three.toml", "b/two.toml", "z.toml"
+    ]  # fmt: skip
+    # and files removed together are reported in key order
+    (workflow_dir / "z.toml").unlink()
+    (workflow_dir / "a.toml").unlink()
+    assert catalog.refresh().removed == ("a.toml", "z.toml")
+
+
+def test_many_files_whose_stat_changed_are_looked_up_in_chunks(
+    catalog: Catalog,
+    write_workflow: WriteWorkflow,
+    reads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given five stored files, and stored rows looked up two keys at a time
+    monkeypatch.setattr(workflows_module, "_KEYS_PER_QUERY", 2)
+    paths = [write_workflow(f"f{n}.toml", F2) for n in range(5)]
+    for path in paths:
+        _age(path)
+    catalog.refresh()
+    # when every file is touched (same bytes, new mtime)
+    for path in paths:
+        _age(path, by_ns=HOUR_NS // 2)
+    reads.clear()
+    # then every one is read and found unchanged (its stored hash looked up), none reloaded
+    assert catalog.refresh().keys == []
+    assert sorted(reads) == [f"f{n}.toml" for n in range(5)]
+    # and their new stat is kept: the next refresh reads none
+    reads.clear()
+    assert catalog.refresh().keys == []
+    assert reads == []

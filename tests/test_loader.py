@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import textwrap
 from pathlib import Path
 
@@ -57,6 +58,22 @@ def test_folder_is_read_recursively_and_only_toml(workflow_dir: Path) -> None:
     assert list(files) == ["a.toml", "sub/b.toml", "sub/deeper/c.toml"]
     assert files["sub/deeper/c.toml"] == workflow_dir / "sub/deeper/c.toml"
     assert WorkflowSource(workflow_dir).is_dir
+
+
+def test_stat_all_is_scan_without_the_order(workflow_dir: Path) -> None:
+    # given workflows in sub-folders, one of them a dangling link
+    for name in ("z.toml", "sub/b.toml", "sub/deeper/c.toml"):
+        (workflow_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workflow_dir / name).write_text("[[phase]]")
+    (workflow_dir / "sub" / "gone.toml").symlink_to(workflow_dir / "nowhere.toml")
+    # when stat'ed in one walk, then each key carries the path, size and mtime scan gives it
+    scanned = WorkflowSource(workflow_dir).scan()
+    found = WorkflowSource(workflow_dir).stat_all()
+    assert found == {key: (f.path, f.size, f.mtime_ns) for key, f in scanned.items()}
+    assert list(scanned) == ["sub/b.toml", "sub/deeper/c.toml", "sub/gone.toml", "z.toml"]
+    stat = os.stat(workflow_dir / "z.toml")
+    assert found["z.toml"] == (str(workflow_dir / "z.toml"), stat.st_size, stat.st_mtime_ns)
+    assert found["sub/gone.toml"][1:] == (-1, -1)  # stat failed: reading it reports why
 
 
 def test_single_file_mode(workflow_dir: Path) -> None:
@@ -140,6 +157,8 @@ def test_flowlord_toml_test_two_phases() -> None:
         ("task1", "cron=0 * * * *", "task1"),
         ("task1", "job=", "task1"),
         ("t2", "job=a%20b", "t2:a b"),
+        ("t2", "j%6Fb=j4", "t2:j4"),  # an escaped key that reads "job"
+        ("t2", "job%3Dj5", "t2"),  # an escaped "=": the key is "job=j5", no value
         ("t2", "a;b&job=j1", "t2"),  # a rule too broken to read gives no job
     ],
 )

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+import subprocess
+import sys
+import textwrap
+from typing import NamedTuple
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler import graph
 from scheduler.config import WorkerConfig
 from scheduler.loader import RawPhase
 from scheduler.validation import (
@@ -13,7 +22,16 @@ from scheduler.validation import (
     Severity,
     require_command,
     validate_file,
+    validate_rows,
 )
+
+
+class Node(NamedTuple):
+    """What graph.build reads of a phase."""
+
+    file_path: str
+    task: str
+    depends_on: str
 
 
 def one(raw: RawPhase) -> PhaseSpec:
@@ -124,6 +142,72 @@ def test_three_phase_cycle_off_a_good_root() -> None:
 
 def test_self_cycle() -> None:
     assert one(RawPhase(task="a", depends_on="a")).status == "dependency cycle: a -> a"
+
+
+def test_several_cycles_are_named_in_the_same_order_in_every_process() -> None:
+    # given a file with several cycles through the same phases, when it is validated in
+    # processes whose string hashing differs (networkx finds cycles in hash order), then every
+    # process writes the same status, its cycles in order of their tasks
+    script = textwrap.dedent(
+        """
+        from scheduler.loader import RawPhase
+        from scheduler.validation import validate_file
+        phases = [RawPhase(task="a", depends_on="b"), RawPhase(task="b", depends_on="c"),
+                  RawPhase(task="c", depends_on="a"), RawPhase(task="b:x", depends_on="a"),
+                  RawPhase(task="c:y", depends_on="b")]
+        print(validate_file("f.toml", phases)[0].status)
+        """
+    )
+    statuses = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "4", "6")  # seeds whose hashing found a's cycles in three orders
+    }
+    assert statuses == {
+        "dependency cycle: a -> b:x -> a; dependency cycle: a -> b:x -> c:y -> b -> a; "
+        "dependency cycle: a -> c -> b -> a"
+    }
+
+
+TASKS = st.sampled_from(["a", "b", "c", "a:x", "a:y", "b:x", "c:z"])
+PHASES = st.lists(
+    st.builds(
+        RawPhase,
+        task=TASKS,
+        depends_on=st.one_of(st.just(""), TASKS, st.sampled_from(["a:", "d", "b:y"])),
+        rule=st.sampled_from(["", "cron=0 5 * * *", "cron=nope", "zz=1", "manual&cron=@daily"]),
+        template=st.sampled_from(["", "echo {yyyy}", "echo {nope}"]),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=300)
+@given(PHASES)
+def test_a_cycle_is_reported_exactly_when_the_graph_has_one(phases: list[RawPhase]) -> None:
+    # the cycle check reads the file's own parent index (networkx only names a cycle found):
+    # it must agree with networkx on the same phases, duplicates and jobs included
+    specs = validate_file("f.toml", phases)
+    dag = graph.build(Node("f.toml", raw.task, raw.depends_on) for raw in phases)
+    on_cycles = {task for cycle in graph.cycles(dag) for _, task in cycle}
+    assert {s.task for s in specs if "dependency cycle" in s.status} == on_cycles
+
+
+@settings(max_examples=300)
+@given(PHASES)
+def test_rows_are_the_specs_as_stored(phases: list[RawPhase]) -> None:
+    # the catalog stores validate_rows without building specs: the same values, in
+    # workflow_phases' column order
+    assert validate_rows("f.toml", phases) == [
+        (s.file_path, s.task, s.depends_on, s.rule_text, s.template, s.retry, s.status,
+         s.severity.value)
+        for s in validate_file("f.toml", phases)
+    ]  # fmt: skip
 
 
 def test_self_cycle_by_topic() -> None:
