@@ -460,12 +460,10 @@ class Engine:
         then the oldest ready rows of the queue."""
         free = self.config.max_workers - self.executor.running()
         direct, queued = self._split_direct(snapshot, fires + released, now, free)
-        claimed = history.insert_claimed(conn, [r for r in direct if not r.fire_key], now)
-        fired = history.insert_claimed(conn, [r for r in direct if r.fire_key], now)
-        report.fired = len(fired) + history.insert_executions(
-            conn, [r for r in queued if r.fire_key], now
-        )
-        history.insert_executions(conn, [r for r in queued if not r.fire_key], now)
+        claimed = history.insert_claimed(conn, direct, now)
+        inserted = history.insert_executions(conn, queued, now)
+        # Only a cron fire recorded before is ever skipped: every other row is inserted.
+        report.fired = len(fires) - (len(direct) - len(claimed)) - (len(queued) - inserted)
         if report.fired:
             report.fires.extend(fires)
         for row in queued:
@@ -473,7 +471,6 @@ class Engine:
                 heapq.heappush(self._not_before, row.not_before)
             elif row.status is Status.QUEUED:
                 self._maybe_ready = self._backlog = True  # older than anything released later
-        claimed += fired
         free -= len(claimed)
         if free > 0 and self._maybe_ready:
             claimed += self._claim_queued(conn, snapshot, free, now, report)

@@ -454,6 +454,24 @@ def test_paused_phase_does_not_fire(
     assert all_rows(db) == []
 
 
+def test_a_fire_that_cannot_build_its_rows_is_recorded_and_counted_as_fired(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
+) -> None:
+    """An unreadable meta-file records one error row for the fire; the tick reports it fired."""
+    write_workflow(
+        "m.toml",
+        f'[[phase]]\ntask = "m"\nrule = "cron=0 * * * *&meta-file=gone.json"\n'
+        f'template = "{PY}"\n',
+    )
+    engine = engine_for()
+    engine.tick(clock.now())
+    clock.current = at("2024-01-02T15:00:00")
+    report = engine.tick(clock.now())
+    rows = all_rows(db)
+    assert [(r.task, r.status) for r in rows] == [("m", Status.ERROR)]
+    assert report.fired == 1
+
+
 def test_a_paused_phase_past_its_fire_time_does_not_wake_the_daemon_at_once(
     write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
 ) -> None:
