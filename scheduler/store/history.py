@@ -260,12 +260,11 @@ INSERT_COLUMNS = (
 _ALL = ", ".join(f'"{c.name}"' for c in executions.c)  # Execution.from_tuple's order
 _INTO = "INSERT INTO executions (" + ", ".join(f'"{c}"' for c in INSERT_COLUMNS) + ")"
 _INSERT = Statement(f"{_INTO} VALUES ({', '.join('?' * len(INSERT_COLUMNS))})")
-_INSERT_FIRES = ValuesStatement(
-    _INTO, len(INSERT_COLUMNS), "ON CONFLICT (file_path, task, fire_key) DO NOTHING RETURNING id"
-)
-_INSERT_RETURNING_ID = ValuesStatement(_INTO, len(INSERT_COLUMNS), "RETURNING id")
 # A cron fire already recorded is skipped (no row comes back); fire_key is NULL on other rows,
 # and NULLs never conflict.
+_INSERT_RETURNING_ID = ValuesStatement(
+    _INTO, len(INSERT_COLUMNS), "ON CONFLICT (file_path, task, fire_key) DO NOTHING RETURNING id"
+)
 _INSERT_RETURNING_ALL = ValuesStatement(
     _INTO,
     len(INSERT_COLUMNS),
@@ -305,7 +304,7 @@ def insert_executions(conn: Connection, rows: Sequence[NewExecution], now: datet
     fires = [row.row(stamp) for row in rows if row.fire_key]
     _INSERT.run_many(conn, plain)
     # Count what RETURNING gives back: executemany's rowcount is -1 on some drivers.
-    return len(plain) + len(_INSERT_FIRES.rows(conn, fires))
+    return len(plain) + len(_INSERT_RETURNING_ID.rows(conn, fires))
 
 
 def insert_returning_ids(
