@@ -1,20 +1,29 @@
-"""Shared fixtures: a workflow folder builder, a database, and a clock the test controls."""
+"""Shared fixtures: a workflow folder builder, a database, and a clock the test controls; and
+the helpers of the tests that run tomlflow as real processes."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import settings
+from sqlalchemy import select
 
 from scheduler.catalog import Catalog
 from scheduler.store.db import Database
+from scheduler.store.schema import executions
+
+T = TypeVar("T")
 
 # --- hypothesis profile ------------------------------------------------------------------------
 # Every run explores the same examples (derandomize) and keeps no example database between runs,
@@ -155,3 +164,34 @@ def _server_database() -> Iterator[str]:
 @pytest.fixture
 def catalog(db: Database, workflow_dir: Path, clock: ManualClock) -> Catalog:
     return Catalog(db, workflow_dir, clock)
+
+
+def wait_for(check: Callable[[], T], timeout: float = 15.0, poll: float = 0.05) -> T:
+    """Call ``check`` every ``poll`` seconds until it returns something true, and return that;
+    fail after ``timeout`` seconds (the tests that start real processes wait with this)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {check.__doc__ or check}")
+
+
+def site_cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tomlflow ARGS`` in a child process, with the site's config, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler", *args, "--config", str(site / "tomlflow.toml")],
+        cwd=site, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def site_rows(site: Path) -> list[Any]:
+    """Every ``executions`` row of the site's SQLite database, oldest first."""
+    db = Database(f"sqlite:///{site / 'tomlflow.db'}")
+    try:
+        with db.read() as conn:
+            return list(conn.execute(select(executions).order_by(executions.c.id)).all())
+    finally:
+        db.close()
+

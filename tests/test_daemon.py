@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ import pytest
 from sqlalchemy import select
 
 from scheduler.store.db import Database
-from scheduler.store.schema import execution_logs, executions, scheduler_lease, workflow_phases
-from tests.conftest import make_site
+from scheduler.store.schema import execution_logs, scheduler_lease, workflow_phases
+from tests.conftest import make_site, wait_for
+from tests.conftest import site_cli as cli
+from tests.conftest import site_rows as rows
 
 PY = sys.executable
 SLEEPER = f"""
@@ -62,30 +63,7 @@ def daemons(site: Path) -> Iterator[Callable[[], subprocess.Popen[str]]]:
         proc.communicate()
 
 
-def cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "scheduler", *args, "--config", str(site / "tomlflow.toml")],
-        cwd=site, capture_output=True, text=True, timeout=60,
-    )
 
-
-def rows(site: Path) -> list[Any]:
-    db = Database(f"sqlite:///{site / 'tomlflow.db'}")
-    try:
-        with db.read() as conn:
-            return list(conn.execute(select(executions).order_by(executions.c.id)).all())
-    finally:
-        db.close()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {check.__doc__ or check}")
 
 
 def alive(pid: int) -> bool:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,8 +29,9 @@ from scheduler.executors import LocalExecutor
 from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import Status
-from scheduler.store.schema import execution_logs, executions, scheduler_lease, workflow_phases
-from tests.conftest import ManualClock, WriteWorkflow, make_site
+from scheduler.store.schema import execution_logs, scheduler_lease, workflow_phases
+from tests.conftest import ManualClock, WriteWorkflow, make_site, wait_for
+from tests.conftest import site_rows as rows
 
 PY = sys.executable
 LINES = 2000  # enough output that recording it needs new database pages
@@ -182,20 +182,6 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
         proc.communicate()
 
 
-def cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "scheduler", *args, "--config", str(site / "tomlflow.toml")],
-        cwd=site, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
-def rows(site: Path) -> list[Any]:
-    db = Database(f"sqlite:///{site / 'tomlflow.db'}")
-    try:
-        with db.read() as conn:
-            return list(conn.execute(select(executions).order_by(executions.c.id)).all())
-    finally:
-        db.close()
 
 
 def lease_pid(site: Path) -> int | None:
@@ -209,15 +195,6 @@ def lease_pid(site: Path) -> int | None:
     finally:
         db.close()
 
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {check.__doc__ or check}")
 
 
 def first_line(proc: subprocess.Popen[str]) -> str:

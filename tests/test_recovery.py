@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, Status
 from scheduler.store.schema import execution_logs, executions
+from tests import conftest
 from tests.conftest import ManualClock, WriteWorkflow
 
 PY = sys.executable
@@ -164,11 +166,7 @@ def alive(pid: int | None) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_for(check: Callable[[], object], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < end, f"timed out waiting for {check}"
-        time.sleep(0.02)
+wait_for = partial(conftest.wait_for, timeout=10.0, poll=0.02)
 
 
 def run_to_end(engine: Engine, db: Database, clock: ManualClock) -> None:

@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -22,6 +21,7 @@ from sqlalchemy import select
 from scheduler.store.db import Database
 from scheduler.store.schema import executions, scheduler_lease
 from scheduler.tasktime import from_iso
+from tests import conftest
 
 PY = sys.executable
 WORKFLOW = """
@@ -64,14 +64,9 @@ def schedulers(site: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
         proc.communicate()
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {check.__doc__ or check}")
+
+# Schedulers taking over from each other take seconds: wait longer than conftest's default.
+wait_for = partial(conftest.wait_for, timeout=30.0, poll=0.1)
 
 
 def holder(db: Database) -> str | None:

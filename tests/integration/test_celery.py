@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from sqlalchemy import select
 from scheduler.store.db import Database
 from scheduler.store.schema import execution_logs, executions
 from scheduler.tasktime import iso
+from tests import conftest
 from tests.conftest import make_site
 
 PY = sys.executable
@@ -76,14 +78,8 @@ def _pings(client: Any) -> bool:
         return False
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {check.__doc__ or check}")
+
+wait_for = partial(conftest.wait_for, timeout=20.0)  # a worker's start is slow under load
 
 
 Workers = Callable[..., subprocess.Popen[bytes]]
