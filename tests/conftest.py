@@ -20,6 +20,7 @@ from hypothesis import settings
 from sqlalchemy import select
 
 from scheduler.catalog import Catalog
+from scheduler.cli import main
 from scheduler.store.db import Database
 from scheduler.store.schema import executions
 
@@ -194,4 +195,17 @@ def site_rows(site: Path) -> list[Any]:
             return list(conn.execute(select(executions).order_by(executions.c.id)).all())
     finally:
         db.close()
+
+
+@pytest.fixture
+def site_db(site: Path) -> Iterator[Database]:
+    """The database of the requesting module's ``site`` fixture (a folder ``make_site`` built)."""
+    database = Database(f"sqlite:///{site / 'tomlflow.db'}")
+    yield database
+    database.close()
+
+
+def run_main(*args: str) -> int:
+    """``tomlflow ARGS`` in this process, with the config of the site in the working folder."""
+    return main([*args, "--config", "tomlflow.toml"])
 

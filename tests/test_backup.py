@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,13 +26,6 @@ WORKFLOW = '[[phase]]\ntask = "etl"\nrule = "cron=0 0 * * *"\ntemplate = "true"\
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_site(tmp_path, {"p.toml": WORKFLOW}, "", monkeypatch)
-
-
-@pytest.fixture
-def site_db(site: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{site / 'tomlflow.db'}")
-    yield database
-    database.close()
 
 
 def add_run(db: Database, line: str = "hello") -> int:

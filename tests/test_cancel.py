@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from scheduler.cli import main
 from scheduler.clock import SystemClock
 from scheduler.config import load_config
 from scheduler.engine import Engine
@@ -24,6 +23,7 @@ from scheduler.store.db import Database
 from scheduler.store.history import Execution, Status
 from scheduler.store.schema import cancel_requests, executions
 from tests.conftest import make_site
+from tests.conftest import run_main as cli
 
 TREE = """
 [[phase]]
@@ -42,10 +42,6 @@ template = "true"
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_site(tmp_path, {"t.toml": TREE}, "max_workers = 2\n", monkeypatch)
-
-
-def cli(*args: str) -> int:
-    return main([*args, "--config", "tomlflow.toml"])
 
 
 def rows(site: Path) -> list[Execution]:

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from scheduler.cli import confirm, main
+from scheduler.cli import confirm
 from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import NewExecution, Status, Trigger
 from scheduler.store.schema import executions
 from tests.conftest import make_site
+from tests.conftest import run_main as cli
 
 HOURLY = '[[phase]]\ntask = "h"\nrule = "cron=0 * * * *"\ntemplate = "true {yyyy}{mm}{dd}{hh}"\n'
 # 2024-01-01T00 .. 2024-02-12T00 by hour: 1,009 runs; the first day alone: 25.
@@ -26,13 +27,6 @@ SMALL = ["--from", "2024-01-01T00", "--to", "2024-01-02T00", "--by", "hour"]
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_site(tmp_path, {"p.toml": HOURLY}, "", monkeypatch)
-
-
-@pytest.fixture
-def site_db(site: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{site / 'tomlflow.db'}")
-    yield database
-    database.close()
 
 
 @pytest.fixture
@@ -53,10 +47,6 @@ class _Answers(io.StringIO):
         if not self.answers:
             raise AssertionError("asked although no answer was expected")
         return self.answers.pop(0) + "\n"
-
-
-def cli(*args: str) -> int:
-    return main([*args, "--config", "tomlflow.toml"])
 
 
 def count(db: Database) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from scheduler.store.schema import scheduler_lease, workflow_files
 from scheduler.store.search import FTS_TABLE
 from scheduler.tasktime import iso
 from tests.conftest import make_site
+from tests.conftest import run_main as cli
 
 WORKFLOW = '[[phase]]\ntask = "etl"\nrule = "cron=0 0 * * *"\ntemplate = "true"\n'
 
@@ -66,17 +66,6 @@ def test_a_healthy_database_on_every_backend(db: Database, tmp_path: Path) -> No
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_site(tmp_path, {"p.toml": WORKFLOW}, "", monkeypatch)
-
-
-@pytest.fixture
-def site_db(site: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{site / 'tomlflow.db'}")
-    yield database
-    database.close()
-
-
-def cli(*args: str) -> int:
-    return main([*args, "--config", "tomlflow.toml"])
 
 
 def test_no_database_is_reported_and_not_created(

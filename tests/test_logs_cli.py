@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.cli import logview, main
+from scheduler.cli import logview
 from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import Finish, LogRow, NewExecution, Status, Trigger
 from tests.conftest import make_site
+from tests.conftest import run_main as cli
 
 T = datetime(2024, 1, 2, tzinfo=UTC)
 WORKFLOW = '[[phase]]\ntask = "etl:load"\nrule = "cron=0 0 * * *"\ntemplate = "true"\n'
@@ -29,10 +30,6 @@ def db(site: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{site / 'tomlflow.db'}")
     yield database
     database.close()
-
-
-def cli(*args: str) -> int:
-    return main([*args, "--config", "tomlflow.toml"])
 
 
 def running(db: Database, task: str = "etl:load") -> int:

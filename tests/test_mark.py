@@ -6,20 +6,19 @@ import getpass
 import json
 import os
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
 
-from scheduler.cli import main
 from scheduler.store import history, reruns
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, NewExecution, Status, Trigger
 from scheduler.store.schema import executions, scheduler_lease
 from scheduler.tasktime import iso
 from tests.conftest import make_site
+from tests.conftest import run_main as cli
 
 T = datetime(2024, 1, 2, tzinfo=UTC)
 PIPELINE = """
@@ -124,17 +123,6 @@ def test_a_running_execution_is_refused_while_a_live_scheduler_runs_it(db: Datab
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_site(tmp_path, {"p.toml": PIPELINE}, "", monkeypatch)
-
-
-@pytest.fixture
-def site_db(site: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{site / 'tomlflow.db'}")
-    yield database
-    database.close()
-
-
-def cli(*args: str) -> int:
-    return main([*args, "--config", "tomlflow.toml"])
 
 
 def test_mark_complete_releases_children_and_says_who(

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from scheduler.cli import main
 from scheduler.config import Config
 from scheduler.engine import Engine
 from scheduler.executors import LocalExecutor
@@ -22,6 +21,7 @@ from scheduler.store.history import Execution, LogRow, NewAlert, NewExecution, S
 from scheduler.store.schema import alerts, execution_logs, executions, phase_state
 from scheduler.tasktime import iso
 from tests.conftest import ManualClock, make_site
+from tests.conftest import run_main as cli
 
 PY = sys.executable
 FLAG = "ok.flag"
@@ -66,10 +66,6 @@ def db(site: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{site / 'tomlflow.db'}")
     yield database
     database.close()
-
-
-def cli(*args: str) -> int:
-    return main([*args, "--config", "tomlflow.toml"])
 
 
 def rows(db: Database) -> list[Execution]:
