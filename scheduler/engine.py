@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Connection
@@ -142,6 +142,9 @@ class Engine:
         self.workflows = config.workflow_root
         self._snapshot: Snapshot | None = None
         self._states: dict[PhaseKey, PhaseState] = {}
+        # When the cron phases next need a look (a fire, or a past one of a paused phase), and
+        # the next fire of one not paused; None after a refresh or reload of the states.
+        self._cron_next: tuple[datetime | None, datetime | None] | None = None
         self._running: dict[int, Execution] = {}
         self._early: list[Outcome] = []
         self._not_before: list[datetime] = []  # heap: future not_before of rows we queued
@@ -276,6 +279,7 @@ class Engine:
             if (result is not None and result.keys) or self._snapshot is None:
                 self._snapshot = Snapshot(self.catalog.phases())
                 self._states_stale = True
+                self._cron_next = None
                 if result is not None:
                     self._told.update(((path, ""), error) for path, error in result.errors)
                 if self._heartbeat is not None:  # a refused second scheduler says nothing
@@ -284,6 +288,7 @@ class Engine:
             with self.db.read() as conn:
                 self._states = history.phase_states(conn)
             self._states_stale = False
+            self._cron_next = None
         return self._snapshot
 
     def _report_problems(self, snapshot: Snapshot) -> None:
@@ -311,12 +316,16 @@ class Engine:
     def _plan(self, conn: Connection, snapshot: Snapshot, now: datetime) -> list[NewExecution]:
         """Plan the cron phases that are due (saving their schedule state); their fire rows.
 
-        The pause flags are read only when some phase is due: most ticks plan nothing.
+        The phases are looked at only when one may be due (``_cron_next``), and the pause flags
+        read only when one is: most ticks plan nothing and cost nothing per phase.
         """
+        if self._cron_next is not None and (look := self._cron_next[0]) and now < look:
+            return []
         tz = self.config.timezone
         states = self._states
         due = [s for s in snapshot.cron if _needs_planning(s, states.get(_key(s)), False, now, tz)]
         if not due:
+            self._cron_next = _cron_next(snapshot, states)
             return []
         paused = history.paused_phases(conn)
         rows: list[NewExecution] = []
@@ -334,6 +343,7 @@ class Engine:
             for fire in plan.fires:
                 rows.extend(self._rows_or_error(fire, now))
         history.save_phase_states(conn, planned)
+        self._cron_next = _cron_next(snapshot, states)
         return rows
 
     def _rows_or_error(self, fire: planner.Fire, now: datetime) -> list[NewExecution]:
@@ -563,8 +573,11 @@ class Engine:
             candidates.append(self._not_before[0])
         # A paused phase keeps its past next_fire: waking for it would spin. Its resume is
         # seen by a tick, and the idle poll bounds the wait.
-        states = self._states.values()
-        candidates.extend(s.next_fire for s in states if s.next_fire and not s.paused)
+        if self._cron_next is not None:
+            candidates.extend(t for t in self._cron_next[1:] if t is not None)
+        else:
+            states = self._states.values()
+            candidates.extend(s.next_fire for s in states if s.next_fire and not s.paused)
         return max(now, min(candidates))
 
     def wait(self, until: datetime, stop: threading.Event | None = None) -> None:
@@ -917,6 +930,29 @@ def _needs_planning(
     if paused:
         return False
     return state.next_fire is None or state.next_fire <= now
+
+
+_ALWAYS = datetime.min.replace(tzinfo=UTC)
+
+
+def _cron_next(
+    snapshot: Snapshot, states: dict[PhaseKey, PhaseState]
+) -> tuple[datetime | None, datetime | None]:
+    """(when a cron phase next needs planning, the next fire of one not paused), for phases
+    just planned: every one has a state of its current schedule. A phase without a next fire
+    needs a look at every tick, as before."""
+    look: datetime | None = None
+    wake: datetime | None = None
+    for spec in snapshot.cron:
+        state = states.get(_key(spec))
+        if state is None or state.next_fire is None:
+            look = _ALWAYS
+            continue
+        at = state.next_fire
+        look = at if look is None or at < look else look
+        if not state.paused and (wake is None or at < wake):
+            wake = at
+    return look, wake
 
 
 def _key(spec: PhaseSpec) -> PhaseKey:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from scheduler import engine as engine_module
 from scheduler.config import Config
 from scheduler.engine import Engine
 from scheduler.executors import LocalExecutor
@@ -701,3 +702,42 @@ def test_an_alert_result_is_posted_to_the_webhook(
     with db.read() as conn:
         (alert,) = conn.execute(select(alerts)).all()
     assert alert.kind == "alert" and alert.notified_at is not None
+
+
+def test_a_tick_with_no_cron_phase_due_looks_at_none_of_them(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of phases costs a tick nothing per phase until the next one is due."""
+    write_workflow(
+        "h.toml",
+        "".join(f'[[phase]]\ntask = "h{i}"\nrule = "cron=0 * * * *"\ntemplate = "{PY}"\n'
+                for i in range(50)),
+    )
+    engine = engine_for()
+    engine.tick(clock.now())  # every phase planned: next fire on the hour
+    looks: list[str] = []
+    real = engine_module._needs_planning
+    monkeypatch.setattr(
+        engine_module, "_needs_planning", lambda spec, *a: looks.append(spec.task) or real(spec, *a)
+    )
+    clock.current += timedelta(minutes=1)
+    engine.tick(clock.now())
+    assert looks == []
+    assert engine.next_wakeup(clock.now()) <= at("2024-01-02T15:00:00")
+
+
+def test_a_phase_added_by_a_refresh_is_planned_and_fires_before_the_ones_planned_earlier(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock, db: Database
+) -> None:
+    hourly = f'[[phase]]\ntask = "hourly"\nrule = "cron=0 * * * *"\ntemplate = "{PY}"\n'
+    write_workflow("h.toml", hourly)
+    engine = engine_for()
+    engine.tick(clock.now())
+    write_workflow(
+        "m.toml", f'[[phase]]\ntask = "minutely"\nrule = "cron=* * * * *"\ntemplate = "{PY}"\n'
+    )
+    engine.refresh_requested.set()
+    engine.tick(clock.now())  # seen now: its schedule starts
+    clock.current = at("2024-01-02T12:01:00")
+    assert engine.tick(clock.now()).fired == 1
+    assert [r.task for r in all_rows(db)] == ["minutely"]
