@@ -37,8 +37,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Connection
@@ -53,11 +53,12 @@ from scheduler.errors import StoreError, TomlflowError
 from scheduler.executors import Executor, Launch, LogLine, Outcome
 from scheduler.followup import FollowUp, after_end
 from scheduler.retry import draw_jitter
+from scheduler.schedules import Schedules
 from scheduler.store import backup, file_reports, history, lease, retention, watched
 from scheduler.store import db as store_db
 from scheduler.store.db import Database
 from scheduler.store.file_reports import FileReport, Source
-from scheduler.store.history import Execution, Finish, LogRow, NewExecution, PhaseState, Status
+from scheduler.store.history import Execution, Finish, LogRow, NewExecution, Status
 from scheduler.store.workflows import file_rows
 from scheduler.validation import PhaseSpec
 from scheduler.watcher import FolderWatcher, Poll
@@ -70,6 +71,8 @@ PRUNE_EVERY = timedelta(days=1)
 WATCH_EVERY = timedelta(seconds=2)  # a scan of a few thousand files costs ~20 ms
 CANCEL_POLL = 0.5  # seconds between looks for user cancels while something runs
 FULL_RETRY_EVERY = timedelta(seconds=5)  # while the database or disk is full
+PREPARE_AHEAD = timedelta(milliseconds=100)  # a cron fire's rows are built this much before it
+WARM_AHEAD = timedelta(milliseconds=3)  # and the loop ticks once this much before it
 _CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
 
 
@@ -141,10 +144,7 @@ class Engine:
         self.rng = rng or random.Random()
         self.workflows = config.workflow_root
         self._snapshot: Snapshot | None = None
-        self._states: dict[PhaseKey, PhaseState] = {}
-        # When the cron phases next need a look (a fire, or a past one of a paused phase), and
-        # the next fire of one not paused; None after a refresh or reload of the states.
-        self._cron_next: tuple[datetime | None, datetime | None] | None = None
+        self.schedules = Schedules(config.timezone, self.workflows)
         self._running: dict[int, Execution] = {}
         self._early: list[Outcome] = []
         self._not_before: list[datetime] = []  # heap: future not_before of rows we queued
@@ -158,7 +158,7 @@ class Engine:
         self._full = False  # the last write failed because the database or disk is full
         self._lost_to: lease.Holder | None = None  # who took the lease while we were away
         self.tick_stats = lease.TickStats()  # reported with the heartbeat, for /metrics
-        self._states_stale = False  # a rolled-back tick left _states ahead of the database
+        self._states_stale = False  # a rolled-back tick left schedules ahead of the database
         # Workflow errors last reported, by (file, task); task "" for a file that does not load.
         self._problems: dict[PhaseKey, str] = {}
         self._told: set[tuple[PhaseKey, str]] = set()  # file errors the catalog just logged
@@ -187,7 +187,7 @@ class Engine:
         with self._kept_on_rollback(outcomes), self.db.write() as conn:
             if self._heartbeat is not None and self._heartbeat.take(self.clock.monotonic()):
                 lease.renew(conn, now, self.tick_stats)
-            fires = self._plan(conn, snapshot, now) if fire_cron else []
+            fires = self.schedules.plan(conn, snapshot.cron, now) if fire_cron else []
             if found is not None:
                 self._record_watched(conn, found, now)
             released = self._record(conn, snapshot, outcomes, started, now, report)
@@ -279,16 +279,14 @@ class Engine:
             if (result is not None and result.keys) or self._snapshot is None:
                 self._snapshot = Snapshot(self.catalog.phases())
                 self._states_stale = True
-                self._cron_next = None
                 if result is not None:
                     self._told.update(((path, ""), error) for path, error in result.errors)
                 if self._heartbeat is not None:  # a refused second scheduler says nothing
                     self._report_problems(self._snapshot)
         if self._states_stale:
             with self.db.read() as conn:
-                self._states = history.phase_states(conn)
+                self.schedules.load(history.phase_states(conn))
             self._states_stale = False
-            self._cron_next = None
         return self._snapshot
 
     def _report_problems(self, snapshot: Snapshot) -> None:
@@ -312,46 +310,6 @@ class Engine:
         self._problems, self._told = problems, set()
 
     # -- cron -------------------------------------------------------------------------------
-
-    def _plan(self, conn: Connection, snapshot: Snapshot, now: datetime) -> list[NewExecution]:
-        """Plan the cron phases that are due (saving their schedule state); their fire rows.
-
-        The phases are looked at only when one may be due (``_cron_next``), and the pause flags
-        read only when one is: most ticks plan nothing and cost nothing per phase.
-        """
-        if self._cron_next is not None and (look := self._cron_next[0]) and now < look:
-            return []
-        tz = self.config.timezone
-        states = self._states
-        due = [s for s in snapshot.cron if _needs_planning(s, states.get(_key(s)), False, now, tz)]
-        if not due:
-            self._cron_next = _cron_next(snapshot, states)
-            return []
-        paused = history.paused_phases(conn)
-        rows: list[NewExecution] = []
-        planned: list[PhaseState] = []
-        for spec in due:
-            key = _key(spec)
-            state = states.get(key)
-            if state is not None and state.paused != (key in paused):
-                state = states[key] = replace(state, paused=key in paused)  # the CLI flips it
-            if not _needs_planning(spec, state, key in paused, now, tz):
-                continue
-            plan = planner.plan_cron(spec, state, now, tz)
-            states[key] = plan.state
-            planned.append(plan.state)
-            for fire in plan.fires:
-                rows.extend(self._rows_or_error(fire, now))
-        history.save_phase_states(conn, planned)
-        self._cron_next = _cron_next(snapshot, states)
-        return rows
-
-    def _rows_or_error(self, fire: planner.Fire, now: datetime) -> list[NewExecution]:
-        try:
-            return planner.rows_for_fire(fire, now, self.workflows)
-        except TomlflowError as exc:  # e.g. an unreadable meta-file: record it, fire nothing
-            log.error("cannot fire %s: %s", fire.spec.task, exc)
-            return [_error_row(fire.spec, now, str(exc))]
 
     # -- recording ends ---------------------------------------------------------------------
 
@@ -571,14 +529,27 @@ class Engine:
         candidates = [now + timedelta(seconds=min(self._poll.left(mono), self._refresh.left(mono)))]
         if self._not_before:
             candidates.append(self._not_before[0])
-        # A paused phase keeps its past next_fire: waking for it would spin. Its resume is
-        # seen by a tick, and the idle poll bounds the wait.
-        if self._cron_next is not None:
-            candidates.extend(t for t in self._cron_next[1:] if t is not None)
-        else:
-            states = self._states.values()
-            candidates.extend(s.next_fire for s in states if s.next_fire and not s.paused)
+        fire = self.schedules.next_fire(self._snapshot.cron) if self._snapshot else None
+        if fire is not None:
+            candidates.append(fire)
         return max(now, min(candidates))
+
+    def _wait_for_next(self, stop: threading.Event) -> None:
+        """Wait for what is due next. A cron fire is prepared PREPARE_AHEAD before its time, so
+        the tick at the fire only stores and starts what was built (see schedules.py), and the
+        loop ticks once more WARM_AHEAD before it: after a long sleep the tick's code and data
+        are cold, and that first tick is several times slower than the next."""
+        now = self.clock.now()
+        wake = self.next_wakeup(now)
+        snapshot = self._snapshot
+        fire = self.schedules.next_fire(snapshot.cron) if snapshot is not None else None
+        if snapshot is None or fire is None or fire != wake or wake - now <= PREPARE_AHEAD:
+            self.wait(wake, stop)
+            return
+        self.wait(fire - PREPARE_AHEAD, stop)
+        if not self._early and not stop.is_set():
+            self.schedules.prepare(snapshot.cron, fire)
+            self.wait(fire - WARM_AHEAD, stop)
 
     def wait(self, until: datetime, stop: threading.Event | None = None) -> None:
         """Sleep until the wall clock reaches ``until``, or as long on the monotonic clock,
@@ -694,7 +665,7 @@ class Engine:
                 if on_tick is not None:
                     on_tick(report)
                 self.backups.poll(self.clock.now())  # [scheduler] backup, on its own thread
-                self.wait(self.next_wakeup(self.clock.now()), stop)
+                self._wait_for_next(stop)
         finally:
             self._end_run()
 
@@ -753,7 +724,7 @@ class Engine:
         upcoming: list[tuple[datetime, str]] = []
         for spec in snapshot.cron:
             assert spec.rule is not None and spec.rule.cron is not None
-            state = self._states.get((spec.file_path, spec.task))
+            state = self.schedules.states.get((spec.file_path, spec.task))
             if state is not None and state.paused:
                 continue
             tz = self.config.timezone
@@ -922,39 +893,6 @@ def _where(key: PhaseKey) -> str:
     return f"{key[0]} [{key[1]}]" if key[1] else key[0]
 
 
-def _needs_planning(
-    spec: PhaseSpec, state: PhaseState | None, paused: bool, now: datetime, default_tz: str
-) -> bool:
-    if state is None or state.cron != planner.signature(spec, default_tz):
-        return True
-    if paused:
-        return False
-    return state.next_fire is None or state.next_fire <= now
-
-
-_ALWAYS = datetime.min.replace(tzinfo=UTC)
-
-
-def _cron_next(
-    snapshot: Snapshot, states: dict[PhaseKey, PhaseState]
-) -> tuple[datetime | None, datetime | None]:
-    """(when a cron phase next needs planning, the next fire of one not paused), for phases
-    just planned: every one has a state of its current schedule. A phase without a next fire
-    needs a look at every tick, as before."""
-    look: datetime | None = None
-    wake: datetime | None = None
-    for spec in snapshot.cron:
-        state = states.get(_key(spec))
-        if state is None or state.next_fire is None:
-            look = _ALWAYS
-            continue
-        at = state.next_fire
-        look = at if look is None or at < look else look
-        if not state.paused and (wake is None or at < wake):
-            wake = at
-    return look, wake
-
-
 def _key(spec: PhaseSpec) -> PhaseKey:
     return (spec.file_path, spec.task)
 
@@ -962,21 +900,6 @@ def _key(spec: PhaseSpec) -> PhaseKey:
 def _runnable(snapshot: Snapshot, execution: Execution) -> bool:
     spec = snapshot.specs.get((execution.file_path, execution.task))
     return spec is not None and spec.runnable
-
-
-def _error_row(spec: PhaseSpec, now: datetime, msg: str) -> NewExecution:
-    return NewExecution(
-        task_id="",
-        file_path=spec.file_path,
-        task=spec.task,
-        task_time=None,
-        trigger=history.Trigger.CRON,
-        info=spec.template,
-        meta={},
-        not_before=now,
-        status=Status.ERROR,
-        msg=msg,
-    )
 
 
 def _log_row(line: LogLine) -> LogRow:

@@ -177,7 +177,7 @@ def test_workflow_files_are_refreshed_on_pace_after_a_backward_step(
     engine.tick(clock.now())
 
     assert engine.catalog.get("added") is not None
-    assert ("added.toml", "added") in engine._states
+    assert ("added.toml", "added") in engine.schedules.states
 
 
 # -- the loop across a step ----------------------------------------------------------------------

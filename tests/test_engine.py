@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from scheduler import engine as engine_module
+from scheduler import schedules
 from scheduler.config import Config
 from scheduler.engine import Engine
 from scheduler.executors import LocalExecutor
@@ -716,9 +716,9 @@ def test_a_tick_with_no_cron_phase_due_looks_at_none_of_them(
     engine = engine_for()
     engine.tick(clock.now())  # every phase planned: next fire on the hour
     looks: list[str] = []
-    real = engine_module._needs_planning
+    real = schedules._needs_planning
     monkeypatch.setattr(
-        engine_module, "_needs_planning", lambda spec, *a: looks.append(spec.task) or real(spec, *a)
+        schedules, "_needs_planning", lambda spec, *a: looks.append(spec.task) or real(spec, *a)
     )
     clock.current += timedelta(minutes=1)
     engine.tick(clock.now())
