@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import random
 import threading
 import time
@@ -526,7 +527,10 @@ class Engine:
             elif queued is not None:
                 self._maybe_ready = True
         # The monotonic chores as wall times: the poll bounds every wait to IDLE_POLL.
-        candidates = [now + timedelta(seconds=min(self._poll.left(mono), self._refresh.left(mono)))]
+        # Rounded up to the microsecond: rounded down, a wake a hair before the chore is due
+        # would find it not due yet and wake again at once.
+        chore = min(self._poll.left(mono), self._refresh.left(mono))
+        candidates = [now + timedelta(microseconds=math.ceil(chore * 1e6))]
         if self._not_before:
             candidates.append(self._not_before[0])
         fire = self.schedules.next_fire(self._snapshot.cron) if self._snapshot else None

@@ -741,3 +741,15 @@ def test_a_phase_added_by_a_refresh_is_planned_and_fires_before_the_ones_planned
     clock.current = at("2024-01-02T12:01:00")
     assert engine.tick(clock.now()).fired == 1
     assert [r.task for r in all_rows(db)] == ["minutely"]
+
+
+def test_a_chore_due_a_hair_after_now_wakes_the_loop_after_now_not_at_now(
+    write_workflow: WriteWorkflow, engine_for, clock: ManualClock
+) -> None:
+    """A wake-up at ``now`` would find the chore not yet due and spin until it is."""
+    write_workflow("p.toml", f'[[phase]]\ntask = "p"\nrule = "cron=0 * * * *"\ntemplate = "{PY}"\n')
+    engine = engine_for(refresh=timedelta(seconds=1))
+    engine.tick(clock.now())  # the refresh is taken: next due at monotonic 1.0
+    engine.next_wakeup(clock.now())  # and the idle poll
+    clock.mono = 1.0 - 1e-13  # what summing sleeps of 0.997 and 0.003 can give
+    assert engine.next_wakeup(clock.now()) > clock.now()
