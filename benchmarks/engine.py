@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
 import re
@@ -304,15 +305,17 @@ def run_dag(workflow: str, workers: int, python_worker: bool) -> tuple[float, in
 def burst_noop(phases: int) -> Sample:
     """Row 3: when the no-op worker was called for the last of ``phases`` fires of one second.
 
-    A second connection polls every millisecond for committed rows, as before, to show when
-    the last row was committed; it competes with the engine for the two cores."""
+    Another process polls every millisecond for committed rows, to show when the last row was
+    committed; it competes with the engine for the two cores (not for its interpreter lock)."""
     fire_at, workflow = burst(phases, "noop")
     bench = Bench(workflow, 4, python_worker=True)
     starts = recorded_starts()
     try:
+        deadline = fire_at + timedelta(seconds=30)
+        watcher = _watch_commits(bench, phases, deadline)
         with Daemon(bench):
-            seen = _watch_commits(bench, fire_at + timedelta(seconds=30),
-                                  lambda n: n >= phases and len(starts) >= phases)
+            _wait_until(lambda: len(starts) >= phases, deadline, 0.01)
+        seen: list[float] = json.loads(watcher.communicate()[0] or "[]")
         fires = bench.fires()
     finally:
         bench.close()
@@ -324,21 +327,33 @@ def burst_noop(phases: int) -> Sample:
     return Sample(last, None, notes)
 
 
-def _watch_commits(bench: Bench, deadline: datetime, done: Callable[[int], bool]) -> list[float]:
-    """Until ``done(rows seen)`` or ``deadline``: for each new cron row, ms from its scheduled
-    time to the moment this connection first saw it committed."""
-    seen: list[float] = []
-    last_id = 0
-    query = select(executions.c.id, executions.c.fire_key)
-    while not done(len(seen)) and datetime.now(UTC) < deadline:
-        with bench.db.read() as conn:
-            rows = conn.execute(query.where(executions.c.id > last_id)).all()
-        at = datetime.now(UTC)
-        for row in rows:
-            seen.append((at - _scheduled(row.fire_key)).total_seconds() * 1000)
-            last_id = max(last_id, row.id)
-        time.sleep(0.001)
-    return seen
+_WATCHER = """
+import json, sqlite3, sys, time
+from datetime import datetime
+path, count, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+conn = sqlite3.connect(path, isolation_level=None)
+conn.execute("PRAGMA busy_timeout = 5000")
+seen, last = [], 0
+while len(seen) < count and time.time() < deadline:
+    rows = conn.execute("SELECT id, fire_key FROM executions WHERE id > ?", (last,)).fetchall()
+    at = time.time()
+    for row_id, key in rows:
+        due = datetime.fromisoformat(key.split("#")[0]).timestamp()
+        seen.append((at - due) * 1000)
+        last = max(last, row_id)
+    time.sleep(0.001)
+print(json.dumps(seen))
+"""
+
+
+def _watch_commits(bench: Bench, count: int, deadline: datetime) -> subprocess.Popen[str]:
+    """A process that polls the database every millisecond until it has seen ``count`` cron
+    rows (or ``deadline``), then prints, for each, ms from its scheduled time to the moment it
+    first saw it committed. A process, not a thread: it must not take the engine's
+    interpreter lock."""
+    path = str(bench.config.workflow_root.parent / "bench.db")
+    argv = [sys.executable, "-c", _WATCHER, path, str(count), str(deadline.timestamp())]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
 
 
 def burst_true(phases: int) -> Sample:
