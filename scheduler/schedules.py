@@ -105,6 +105,8 @@ class Schedules:
                 planned.append(plan.state)
                 for fire in plan.fires:
                     rows.extend(planner.rows_for_fire(fire, at, self.workflows))
+            for row in rows:
+                row.settle()  # its insert values, all but the time it is stored at
         except TomlflowError:
             return  # the tick at the fire records the error
         look, wake = _next_look(cron, after)

@@ -58,6 +58,7 @@ def test_a_prepared_fire_is_stored_at_its_time_as_planned_then(
     assert (report.fired, renders) == (1, [])
     [row] = all_rows(db)
     assert (row.task, row.task_time, row.trigger) == ("h", FIRE, history.Trigger.CRON)
+    assert row.created_at == clock.now()  # stored now, though built 100 ms before
     assert row.info.endswith("pass 2024")
     with db.read() as conn:
         state = history.phase_states(conn)[("h.toml", "h")]

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -58,6 +59,9 @@ _TRIGGERS = {t.value: t for t in Trigger}  # a dict lookup costs a tenth of Trig
 _STATUSES = {s.value: s for s in Status}
 
 
+_NOT_DONE = (None, None, None)  # started_at, ended_at, duration_seconds of a row not finished
+
+
 @dataclass(frozen=True)
 class NewExecution:
     """A row to insert; ``fire_key`` is set on cron fires only (it makes them unique)."""
@@ -78,9 +82,19 @@ class NewExecution:
 
     def row(self, stamp: str) -> tuple[Any, ...]:
         """The values of ``INSERT_COLUMNS`` for this row, ``stamp`` being ``iso(now)``."""
+        head, tail, done = self.settled
+        return (*head, stamp, *tail, *((stamp, stamp, 0.0) if done else _NOT_DONE))
+
+    def settle(self) -> None:
+        """Compute and keep now what ``row`` needs besides the stamp (see ``settled``)."""
+        _ = self.settled
+
+    @cached_property
+    def settled(self) -> tuple[tuple[Any, ...], tuple[Any, ...], bool]:
+        """The values that do not depend on when the row is stored, computed once: a cron fire
+        built ahead of its time leaves its tick only the insert."""
         topic, _, job = self.task.partition(":")
-        done = self.status in FINISHED
-        return (
+        head = (
             self.task_id,
             self.file_path,
             self.task,
@@ -93,14 +107,9 @@ class NewExecution:
             self.info,
             json.dumps(dict(self.meta), sort_keys=True) if self.meta else "{}",
             self.msg,
-            stamp,
-            iso(self.not_before),
-            self.parent_execution_id,
-            self.fire_key,
-            stamp if done else None,
-            stamp if done else None,
-            0.0 if done else None,
         )
+        tail = (iso(self.not_before), self.parent_execution_id, self.fire_key)
+        return head, tail, self.status in FINISHED
 
     def values(self, now: datetime) -> dict[str, Any]:
         return dict(zip(INSERT_COLUMNS, self.row(iso(now)), strict=True))
