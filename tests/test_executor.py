@@ -372,6 +372,27 @@ def test_permission_denied_is_an_error_outcome(local: LocalExecutor, tmp_path: P
     assert (outcome.result, outcome.msg) == (Result.ERROR, f"permission denied: {script}")
 
 
+def test_a_program_is_looked_up_afresh_when_it_appears_or_goes(
+    local: LocalExecutor, tmp_path: Path
+) -> None:
+    # Given a PATH folder where the program is missing, then present, then gone again
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "tomlflow-test-tool"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def start(execution_id: int) -> Outcome:
+        return run_one(local, launch(execution_id, ["tomlflow-test-tool"], env=env))
+
+    # When / then: each start sees the folder as it is at that moment
+    assert start(1).msg == "command not found: tomlflow-test-tool"
+    program.write_text("#!/bin/sh\necho here\n")
+    program.chmod(0o755)
+    assert (start(2).result, lines(start(3))) == (Result.COMPLETE, ["here"])
+    program.unlink()
+    assert start(4).msg == "command not found: tomlflow-test-tool"
+
+
 # --- timeout, cancel, leftovers ------------------------------------------------------------
 
 SPAWN_GRANDCHILD = (

@@ -106,8 +106,23 @@ def _check_program(program: str, env: dict[str, str], cwd: str | None) -> None:
             raise StartFailure(f"command not found: {program}")
         if os.path.isdir(path) or not os.access(path, os.X_OK):
             raise StartFailure(f"permission denied: {program}")
-    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
-        raise StartFailure(f"command not found: {program}")
+    else:
+        search = env.get("PATH", os.defpath)
+        if not _runnable(_which(program, search)):
+            _which.cache_clear()  # gone since, or never there: look again
+            if _which(program, search) is None:
+                raise StartFailure(f"command not found: {program}")
+
+
+@functools.lru_cache(maxsize=256)
+def _which(program: str, search: str) -> str | None:
+    """``shutil.which`` remembered: a PATH search costs a stat per folder on every start, each
+    a release of the interpreter lock. What it found is trusted only while ``_runnable``."""
+    return shutil.which(program, path=search)
+
+
+def _runnable(path: str | None) -> bool:
+    return path is not None and os.access(path, os.X_OK) and not os.path.isdir(path)
 
 
 def launch_env(launch: Launch, spool: Spool | None = None) -> dict[str, str]:
@@ -382,7 +397,8 @@ def _follow(
                 else:
                     done = True
             done = done or (exit_fd is None and exited())
-            tails.read(out)
+            if not done:  # at the end the caller reads what is left, once
+                tails.read(out)
             now = time.monotonic()
             if deadline is not None and timeout is not None and now >= deadline:
                 run.stop(Result.ERROR, f"timeout after {format_duration(timeout[1])}")

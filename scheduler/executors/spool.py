@@ -41,11 +41,12 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.path = path.absolute()
+        self.dir = str(self.path)
         self._made = False
 
     def prefix(self, execution_id: int) -> str:
         """The path every file of ``execution_id`` starts with (add a suffix)."""
-        return str(self.path / str(execution_id))
+        return f"{self.dir}/{execution_id}"
 
     def ensure(self) -> None:
         if not self._made:
@@ -84,16 +85,20 @@ class Spool:
 
     def receipt(self, execution_id: int) -> Receipt | None:
         """The exit status, once the supervisor wrote all of it (a trailing newline)."""
-        path = self.prefix(execution_id) + ".rc"
-        try:
-            with open(path) as file:
-                text = file.read()
-                mtime = os.fstat(file.fileno()).st_mtime
+        try:  # os-level: a buffered text file costs four more system calls per execution
+            fd = os.open(self.prefix(execution_id) + ".rc", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
-        if not text.endswith("\n") or not text.strip().isdigit():
+        try:
+            data = os.read(fd, 64)
+            mtime = os.fstat(fd).st_mtime
+        except OSError:
             return None
-        return Receipt(int(text), datetime.fromtimestamp(mtime, UTC))
+        finally:
+            os.close(fd)
+        if not data.endswith(b"\n") or not data.strip().isdigit():
+            return None
+        return Receipt(int(data), datetime.fromtimestamp(mtime, UTC))
 
     def supervisor_pid(self, execution_id: int) -> int | None:
         text = self._read(execution_id, ".pid")
@@ -126,7 +131,7 @@ class Spool:
         """The two environment entries that mark a process as this execution's."""
         return (
             f"{EXECUTION_VAR}={execution_id}".encode(),
-            f"{SPOOL_VAR}={self.path}".encode(),
+            f"{SPOOL_VAR}={self.dir}".encode(),
         )
 
     def carries_tag(self, pid: int, execution_id: int) -> bool:
