@@ -7,6 +7,7 @@ form, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, so that text order is time order in plain
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -165,6 +166,10 @@ def cron_stamp(task_time: datetime) -> str:
     return _require_aware(task_time).astimezone(UTC).isoformat(timespec="hours")[:13]
 
 
+# iso and from_iso are cached: a tick formats and parses the same few instants (its own time,
+# a fire's task time, the stamps of the rows it stored) again and again; a hit is a fifth of
+# the work.
+@functools.lru_cache(maxsize=4096)
 def iso(moment: datetime) -> str:
     """Return ``moment`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (27 characters, always).
 
@@ -177,6 +182,7 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
+@functools.lru_cache(maxsize=4096)
 def from_iso(text: str) -> datetime:
     """Parse ISO 8601 text (``iso``'s output, or any offset) into an aware UTC datetime.
 
