@@ -74,6 +74,7 @@ CANCEL_POLL = 0.5  # seconds between looks for user cancels while something runs
 FULL_RETRY_EVERY = timedelta(seconds=5)  # while the database or disk is full
 PREPARE_AHEAD = timedelta(milliseconds=100)  # a cron fire's rows are built this much before it
 WARM_AHEAD = timedelta(milliseconds=3)  # and the loop ticks once this much before it
+END_LINGER = 0.0005  # seconds an end waits for others about to end, to be recorded with them
 _CANDIDATE_SLACK = 200  # extra queued rows read per claim, so per-phase limits don't starve others
 
 
@@ -573,7 +574,12 @@ class Engine:
             if self.executor.running():
                 # One slice in the executor's collect, then back to a tick: while commands run,
                 # ticks store their output as it comes (live logs) and see cancels.
-                self._early.extend(self.executor.collect(min(left, SLICE_SECONDS)))
+                ended = self.executor.collect(min(left, SLICE_SECONDS))
+                if ended and self.executor.running():
+                    # Others still run, and often end a moment later: one short look more, so
+                    # one tick records them together. A lone execution's end never waits.
+                    ended += self.executor.collect(END_LINGER)
+                self._early.extend(ended)
                 return
             self._sleep_slice(min(left, SLICE_SECONDS))
 

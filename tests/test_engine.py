@@ -9,16 +9,19 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from scheduler import engine as engine_module
 from scheduler import schedules
 from scheduler.config import Config
 from scheduler.engine import Engine
-from scheduler.executors import LocalExecutor
+from scheduler.executors import LocalExecutor, Outcome, Result
+from scheduler.executors.base import make_outcome
 from scheduler.store import history
 from scheduler.store.db import Database
 from scheduler.store.history import Execution, Status
@@ -461,8 +464,7 @@ def test_a_fire_that_cannot_build_its_rows_is_recorded_and_counted_as_fired(
     """An unreadable meta-file records one error row for the fire; the tick reports it fired."""
     write_workflow(
         "m.toml",
-        f'[[phase]]\ntask = "m"\nrule = "cron=0 * * * *&meta-file=gone.json"\n'
-        f'template = "{PY}"\n',
+        f'[[phase]]\ntask = "m"\nrule = "cron=0 * * * *&meta-file=gone.json"\ntemplate = "{PY}"\n',
     )
     engine = engine_for()
     engine.tick(clock.now())
@@ -710,8 +712,10 @@ def test_a_tick_with_no_cron_phase_due_looks_at_none_of_them(
     """A burst of phases costs a tick nothing per phase until the next one is due."""
     write_workflow(
         "h.toml",
-        "".join(f'[[phase]]\ntask = "h{i}"\nrule = "cron=0 * * * *"\ntemplate = "{PY}"\n'
-                for i in range(50)),
+        "".join(
+            f'[[phase]]\ntask = "h{i}"\nrule = "cron=0 * * * *"\ntemplate = "{PY}"\n'
+            for i in range(50)
+        ),
     )
     engine = engine_for()
     engine.tick(clock.now())  # every phase planned: next fire on the hour
@@ -753,3 +757,38 @@ def test_a_chore_due_a_hair_after_now_wakes_the_loop_after_now_not_at_now(
     engine.next_wakeup(clock.now())  # and the idle poll
     clock.mono = 1.0 - 1e-13  # what summing sleeps of 0.997 and 0.003 can give
     assert engine.next_wakeup(clock.now()) > clock.now()
+
+
+class ScriptedEnds(LocalExecutor):
+    """Ends handed out one per ``collect``, as executions ending a moment apart give them."""
+
+    def __init__(self, now: Callable[[], datetime], ends: int) -> None:
+        super().__init__(1, now)
+        at = now()
+        self.ends = [make_outcome(i, Result.COMPLETE, "", at, at) for i in range(1, ends + 1)]
+        self.waits: list[float | None] = []
+
+    def running(self) -> int:
+        return len(self.ends)
+
+    def collect(self, timeout: float | None = 0) -> list[Outcome]:
+        self.waits.append(timeout)
+        return [self.ends.pop(0)] if self.ends else []
+
+
+@pytest.mark.parametrize(("ends", "recorded"), [(3, [1, 2]), (1, [1])])
+def test_an_end_while_others_run_waits_a_moment_for_the_next_to_be_recorded_with_it(
+    write_workflow: WriteWorkflow,
+    db: Database,
+    workflow_dir: Path,
+    clock: ManualClock,
+    ends: int,
+    recorded: list[int],
+) -> None:
+    """One tick records ends that come a moment apart; a lone execution's end never waits."""
+    write_workflow("p.toml", f'[[phase]]\ntask = "p"\nrule = "cron=0 * * * *"\ntemplate = "{PY}"\n')
+    executor = ScriptedEnds(clock.now, ends)
+    engine = Engine(Config(workflows=workflow_dir, database=db.url), db, executor, clock)
+    engine.wait(clock.now() + timedelta(seconds=1))
+    assert [o.execution_id for o in engine._early] == recorded
+    assert executor.waits[1:] == [engine_module.END_LINGER] * (len(recorded) - 1)
