@@ -4,14 +4,16 @@ Run from the repository root:
     python benchmarks/load.py [--files N] [--phases N] [--runs N] [--profile] [--profile-refresh]
 (the issue's figures: --files 10000).
 
-Prints three figures: a cold load into an empty database (median of ``--runs``, 3 by default,
-each into a new database), a refresh with nothing changed, and a refresh with one file changed
-(median of 5 each), each beside the median of a floor measured in the same run on the same tree,
-its samples taken between the figure's own, and their ratio:
+Prints four figures: a cold load into an empty database (median of ``--runs``, 3 by default,
+each into a new database), a refresh with nothing changed, the same after another connection
+wrote ``workflow_files`` (so the stats the catalog keeps must be read again), and a refresh with
+one file changed (median of 5 each), each beside the median of a floor measured in the same run
+on the same tree, its samples taken between the figure's own, and their ratio:
 - cold load vs reading, hashing and parsing every file (no validation, no database);
 - a refresh vs a plain ``os.walk`` + ``os.stat`` of every file.
 Targets on a 2-core machine, for 10,000 files (scaled by --files): cold <= 6 s, unchanged
-<= 60 ms, one changed <= 100 ms; the exit status is 1 when one is missed.
+<= 60 ms, one changed <= 100 ms; the exit status is 1 when one is missed. The re-read figure
+has no target of its own: it shows what the kept stats save.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from scheduler.catalog import Catalog
 from scheduler.clock import SystemClock
 from scheduler.store.db import Database
 
-TARGETS_10K = {"cold": 6.0, "unchanged": 0.060, "one changed": 0.100}
+TARGETS_10K = {"cold": 6.0, "unchanged": 0.060, "re-read": None, "one changed": 0.100}
 
 
 def phase(file_no: int, i: int) -> str:
@@ -169,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
 
         figures["unchanged"] = medians_of(5, walk, lambda _: catalog.refresh)
         victim = paths[len(paths) // 2]
+        other = Database(catalog.db.url)
+
+        def written_elsewhere(_run: int) -> Callable[[], object]:
+            # a write that changes no value still moves the change counter
+            with other.write() as conn:
+                conn.exec_driver_sql("UPDATE workflow_files SET error = error WHERE error = ''")
+            return catalog.refresh
+
+        figures["re-read"] = medians_of(5, walk, written_elsewhere)
+        other.close()
 
         def touch(run: int) -> Callable[[], object]:
             victim.write_text(victim.read_text() + f"\n# edit {run}\n", encoding="utf-8")
@@ -197,14 +209,15 @@ def report(args: argparse.Namespace, phases: int, figures: dict[str, tuple[float
     scale = args.files / 10_000
     failed = False
     for name, (seconds, floor) in figures.items():
-        target = TARGETS_10K[name] * scale
-        ok = seconds <= target
-        failed |= not ok
-        print(
-            f"  {name:<12} {seconds * 1000:9.1f} ms   floor {floor * 1000:8.1f} ms "
-            f"({seconds / floor:4.1f}x)   target {target * 1000:7.0f} ms  "
-            f"{'ok' if ok else 'MISSED'}"
-        )
+        line = f"  {name:<12} {seconds * 1000:9.1f} ms   floor {floor * 1000:8.1f} ms "
+        line += f"({seconds / floor:4.1f}x)"
+        goal = TARGETS_10K[name]
+        if goal is not None:
+            target = goal * scale
+            ok = seconds <= target
+            failed |= not ok
+            line += f"   target {target * 1000:7.0f} ms  {'ok' if ok else 'MISSED'}"
+        print(line)
     print("  floors: cold = read+md5+parse every file; refresh = os.walk+os.stat every file")
     return 1 if failed else 0
 

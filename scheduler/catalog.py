@@ -36,8 +36,8 @@ from scheduler.store.workflows import (
     LoadedFile,
     PhaseRow,
     StatRow,
+    StatsCache,
     StoredStat,
-    file_stats,
     mark_broken,
     phase_rows,
     record_stats,
@@ -94,6 +94,8 @@ class Catalog:
         self.path = workflows
         self.clock = clock
         self.workers = workers
+        # workflow_files' stats, kept between refreshes while no one writes the table
+        self._stats = StatsCache()
 
     def is_dir(self) -> bool:
         return self.path.is_dir()
@@ -110,7 +112,7 @@ class Catalog:
             raise WorkflowError(str(self.path), "no such file or folder")
         present, too_long = self._present()
         with self.db.read() as conn:
-            known = file_stats(conn)
+            known = self._stats.read(conn)
             keys = _stale_keys(present, known)
             stored = stored_stats(conn, [key for key in keys if key in known])
         scanned_ns = time.time_ns()

@@ -131,6 +131,14 @@ def _tick_stats_v11(conn: Connection) -> None:
     add_missing_columns(conn, schema.scheduler_lease)
 
 
+def _workflow_files_changes_v12(conn: Connection) -> None:
+    """workflow_files_changes: a number triggers change with every write to workflow_files,
+    so a process may keep the table's stats between refreshes (catalog.py)."""
+    from scheduler.store import workflows
+
+    workflows.install_change_counter(conn)
+
+
 # Version N is reached by running MIGRATIONS[N-1]. Append; never edit a released step.
 MIGRATIONS: list[Migration] = [
     _create_v1,
@@ -144,6 +152,7 @@ MIGRATIONS: list[Migration] = [
     _deadlines_v9,
     _cancel_requests_v10,
     _tick_stats_v11,
+    _workflow_files_changes_v12,
 ]
 
 

@@ -41,6 +41,16 @@ workflow_files = Table(
     Column("file_mtime_ns", BigInteger),
 )
 
+# One row, one number: database triggers change it with every insert, update and delete of
+# workflow_files, whoever writes (store/workflows.py), so a process that keeps the table's stats
+# between refreshes learns from one read whether they still hold. Compared, never counted:
+# SQLite bumps it per row, PostgreSQL per statement.
+workflow_files_changes = Table(
+    "workflow_files_changes",
+    metadata,
+    Column("counter", BigInteger, nullable=False),
+)
+
 workflow_phases = Table(
     "workflow_phases",
     metadata,

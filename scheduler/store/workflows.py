@@ -11,10 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from scheduler.store.dbapi import Statement
-from scheduler.store.schema import phase_state, workflow_files, workflow_phases
+from scheduler.store.schema import (
+    phase_state,
+    workflow_files,
+    workflow_files_changes,
+    workflow_phases,
+)
 from scheduler.tasktime import iso
 
 # A workflow_phases row's values in column order, as validation.validate_rows gives them
@@ -84,6 +89,86 @@ def file_stats(conn: Connection) -> dict[str, StatRow]:
 
 
 _FILE_STATS = Statement("SELECT file_path, file_size, file_mtime_ns FROM workflow_files")
+
+
+class StatsCache:
+    """``file_stats`` kept between reads while ``workflow_files`` is not written.
+
+    Before trusting what it kept, each read asks the change counter, which triggers move on
+    every write to the table by anyone (this process included); when it moved, the stats are
+    read again. So a kept answer is always what a fresh read in the same transaction would
+    give, and an unchanged refresh reads one number instead of every file's row.
+    """
+
+    def __init__(self) -> None:
+        self._kept: tuple[int, dict[str, StatRow]] | None = None
+
+    def read(self, conn: Connection) -> dict[str, StatRow]:
+        """``file_stats(conn)``, from what was kept when the counter has not moved since.
+        The dict returned is shared: read it, never change it."""
+        counter = change_counter(conn)
+        kept = self._kept
+        if kept is not None and kept[0] == counter:
+            return kept[1]
+        stats = file_stats(conn)
+        # one assignment: a thread refreshing alongside sees the old pair or the new, whole
+        self._kept = None if counter is None else (counter, stats)
+        return stats
+
+
+def change_counter(conn: Connection) -> int | None:
+    """The number ``workflow_files_changes`` holds: equal in two reads means no write to
+    ``workflow_files`` committed between them (None: its one row is missing, so nothing can be
+    told; a refresh then reads the stats every time).
+
+    Read it BEFORE the stats it vouches for, in the same transaction: a write committing
+    between the two reads then only makes the stats newer than the number, never older.
+    """
+    rows = _CHANGE_COUNTER.rows(conn)
+    return int(rows[0][0]) if len(rows) == 1 else None
+
+
+_CHANGE_COUNTER = Statement("SELECT counter FROM workflow_files_changes")
+
+
+def install_change_counter(conn: Connection) -> None:
+    """Create ``workflow_files_changes``, its one row and the triggers that bump it on every
+    insert, update and delete of ``workflow_files``; idempotent.
+
+    Triggers rather than a bump in this module's writers: a writer that knows nothing of the
+    counter (a user's SQL, an older tomlflow, a future store function) still moves it.
+    """
+    workflow_files_changes.create(conn, checkfirst=True)
+    count = select(func.count()).select_from(workflow_files_changes)
+    if conn.execute(count).scalar_one() == 0:
+        conn.execute(insert(workflow_files_changes).values(counter=0))
+    if conn.dialect.name == "sqlite":
+        for event in ("insert", "update", "delete"):  # SQLite has row triggers only
+            name = f"trg_workflow_files_{event}"
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {name} AFTER {event.upper()} ON workflow_files BEGIN {_BUMP}; END"
+            )
+        return
+    conn.exec_driver_sql(_PG_FUNCTION)
+    conn.exec_driver_sql("DROP TRIGGER IF EXISTS trg_workflow_files_changes ON workflow_files")
+    conn.exec_driver_sql(_PG_TRIGGER)
+
+
+_BUMP = "UPDATE workflow_files_changes SET counter = counter + 1"
+_PG_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION workflow_files_changed() RETURNS trigger LANGUAGE plpgsql "
+    f"AS $body$ BEGIN {_BUMP}; RETURN NULL; END $body$"
+)
+# Once per statement, and BEFORE it, so the counter's row is locked before any row of
+# workflow_files; and each writer here touches workflow_files before the phases of a file. So
+# the counter is the first lock of every transaction that changes the catalog: two of them
+# queue on it, and none holds a file's rows while waiting for it (a deadlock).
+_PG_TRIGGER = (
+    "CREATE TRIGGER trg_workflow_files_changes "
+    "BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON workflow_files "
+    "FOR EACH STATEMENT EXECUTE FUNCTION workflow_files_changed()"
+)
 
 
 class StoredStat(NamedTuple):
@@ -234,8 +319,9 @@ def mark_broken(
 
 
 def remove_file(conn: Connection, file_path: str) -> None:
-    """Delete a file's row, its phases and their scheduling state."""
-    for table in (phase_state, workflow_phases, workflow_files):
+    """Delete a file's row, its phases and their scheduling state (the row first: see
+    _PG_TRIGGER)."""
+    for table in (workflow_files, workflow_phases, phase_state):
         conn.execute(delete(table).where(table.c.file_path == file_path))
 
 
