@@ -116,3 +116,21 @@ def test_the_daemon_builds_a_fire_before_its_time_and_stores_it_at_its_time(
     assert FIRE - PREPARE_AHEAD <= built[0] < FIRE
     [row] = all_rows(db)
     assert row.task_time == FIRE and row.created_at >= FIRE
+
+
+def test_a_rehearsal_of_the_prepared_fire_leaves_nothing_and_the_fire_still_stores_it(
+    engine: Engine, clock: ManualClock, db: Database
+) -> None:
+    prepare(engine)
+    with db.read() as conn:
+        states_before = history.phase_states(conn)
+    with db.trial() as conn:
+        engine.schedules.rehearse(conn)
+        assert len(history.queued_ready(conn, FIRE, 10)) == 0  # inserted running, inside
+        assert history.running_executions(conn) != []
+    assert all_rows(db) == []
+    with db.read() as conn:
+        assert history.phase_states(conn) == states_before
+    clock.current = FIRE
+    assert engine.tick(clock.now()).fired == 1
+    assert [r.task_time for r in all_rows(db)] == [FIRE]

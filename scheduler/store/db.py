@@ -178,6 +178,20 @@ class Database:
             raise StoreError(self.url, _reason(exc)) from exc
 
     @contextmanager
+    def trial(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite) that is always rolled back."""
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+                transaction = conn.begin()
+                try:
+                    yield conn
+                finally:
+                    transaction.rollback()
+        except DBAPIError as exc:
+            raise StoreError(self.url, _reason(exc)) from exc
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction: one consistent snapshot for the queries inside it."""
         try:
