@@ -562,3 +562,23 @@ def test_many_files_whose_stat_changed_are_looked_up_in_chunks(
     reads.clear()
     assert catalog.refresh().keys == []
     assert reads == []
+
+
+def test_a_new_file_another_catalog_stored_meanwhile_is_replaced_not_a_duplicate_key(
+    db: Database, workflow_dir: Path, write_workflow: WriteWorkflow, clock: ManualClock
+) -> None:
+    """The daemon and the command line refresh at the same moment: both find the file new."""
+    write_workflow("new.toml", '[[phase]]\ntask = "a"\ntemplate = "echo a"\n')
+    first, second = Catalog(db, workflow_dir, clock), Catalog(db, workflow_dir, clock)
+    read_batch = first._read_batch
+
+    def racing(*args):  # type: ignore[no-untyped-def]
+        updates = read_batch(*args)
+        second.refresh()  # stores new.toml after `first` found it new, before it writes
+        return updates
+
+    first._read_batch = racing  # type: ignore[method-assign]
+    assert first.refresh().changed == ("new.toml",)
+    with db.read() as conn:
+        assert list(file_rows(conn)) == ["new.toml"]
+        assert [(r.file_path, r.task) for r in phase_rows(conn)] == [("new.toml", "a")]

@@ -222,8 +222,8 @@ def phase_rows(conn: Connection, file_path: str | None = None) -> list[PhaseRow]
 class LoadedFile:
     """A file that loaded, ready to store in place of what the store had for it.
 
-    ``known=False`` promises the store has no row for ``file_path`` yet (the caller read
-    ``workflow_files``), so there is nothing to delete first.
+    ``known=False`` says the store had no row for ``file_path`` when the caller read
+    ``workflow_files``: only a row stored since (by another process) is deleted first.
     """
 
     file_path: str
@@ -257,8 +257,12 @@ def store_files(conn: Connection, files: Sequence[LoadedFile], now: datetime) ->
     New files cost two statements in all (one insert of every file row, one of every phase),
     whatever their number: a cold load is mostly this.
     """
+    # A file new when the caller read the stats may have been stored since by another process
+    # refreshing at the same moment (the daemon and the command line): it is replaced too.
+    unknown = [file.file_path for file in files if not file.known]
+    stored_since = _stored(conn, unknown) if unknown else set()
     for file in files:
-        if file.known:
+        if file.known or file.file_path in stored_since:
             _forget_file(conn, file.file_path, kept=[phase[1] for phase in file.phases])
     loaded_at = iso(now)
     conn.execute(
@@ -284,6 +288,16 @@ _INSERT_PHASES = Statement(
     f"INSERT INTO workflow_phases ({', '.join(PhaseRow._fields)}) "
     f"VALUES ({', '.join('?' * len(PhaseRow._fields))})"
 )
+
+
+def _stored(conn: Connection, file_paths: Sequence[str]) -> set[str]:
+    """Which of ``file_paths`` have a row (one query per 500, within SQLite's variable limit)."""
+    found: set[str] = set()
+    column = workflow_files.c.file_path
+    for start in range(0, len(file_paths), 500):
+        chunk = file_paths[start : start + 500]
+        found.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
+    return found
 
 
 def _forget_file(conn: Connection, file_path: str, kept: list[str]) -> None:
