@@ -311,8 +311,6 @@ class Engine:
             log.warning("workflow %s: no longer in error", _where(key))
         self._problems, self._told = problems, set()
 
-    # -- cron -------------------------------------------------------------------------------
-
     # -- recording ends ---------------------------------------------------------------------
 
     def _record(
@@ -914,10 +912,6 @@ class DatabaseGone(TomlflowError):
 def _where(key: PhaseKey) -> str:
     """``file`` for a file's own error, ``file [task]`` for a phase's."""
     return f"{key[0]} [{key[1]}]" if key[1] else key[0]
-
-
-def _key(spec: PhaseSpec) -> PhaseKey:
-    return (spec.file_path, spec.task)
 
 
 def _runnable(snapshot: Snapshot, execution: Execution) -> bool:
