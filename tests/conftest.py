@@ -19,8 +19,10 @@ import pytest
 from hypothesis import settings
 from sqlalchemy import select
 
+from scheduler import catalog as catalog_module
 from scheduler.catalog import Catalog
 from scheduler.cli import main
+from scheduler.loader import read_source
 from scheduler.store.db import Database
 from scheduler.store.schema import executions
 
@@ -209,3 +211,15 @@ def run_main(*args: str) -> int:
     """``tomlflow ARGS`` in this process, with the config of the site in the working folder."""
     return main([*args, "--config", "tomlflow.toml"])
 
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The workflow files refresh reads, by name, in order (a seam around the catalog's reader)."""
+    seen: list[str] = []
+
+    def counting(path: str) -> tuple[bytes, object]:
+        seen.append(os.path.basename(path))
+        return read_source(path)
+
+    monkeypatch.setattr(catalog_module, "read_source", counting)
+    return seen

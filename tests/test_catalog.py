@@ -11,7 +11,6 @@ import pytest
 from scheduler import catalog as catalog_module
 from scheduler.catalog import Catalog, depends_on_matches
 from scheduler.errors import WorkflowError
-from scheduler.loader import read_source
 from scheduler.store import workflows as workflows_module
 from scheduler.store.db import Database
 from scheduler.store.workflows import PhaseRow, file_rows, phase_rows, replace_file
@@ -180,19 +179,6 @@ def _age(path: Path, by_ns: int = HOUR_NS) -> int:
     mtime = time.time_ns() - by_ns
     os.utime(path, ns=(mtime, mtime))
     return mtime
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths refresh reads, in order (a seam around the catalog's file reader)."""
-    seen: list[str] = []
-
-    def counting(path: str) -> tuple[bytes, object]:
-        seen.append(os.path.basename(path))
-        return read_source(path)
-
-    monkeypatch.setattr(catalog_module, "read_source", counting)
-    return seen
 
 
 def test_refresh_reads_only_files_whose_stat_changed(

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, delete
 
-from scheduler import catalog as catalog_module
 from scheduler.catalog import Catalog
-from scheduler.loader import read_source
 from scheduler.store import db as db_module
 from scheduler.store import workflows as workflows_module
 from scheduler.store.db import MIGRATIONS, Database
@@ -61,19 +59,6 @@ def stat_reads(monkeypatch: pytest.MonkeyPatch) -> _Counting:
     counting = _Counting(workflows_module._FILE_STATS)
     monkeypatch.setattr(workflows_module, "_FILE_STATS", counting)
     return counting
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The workflow files refresh opens, by name."""
-    seen: list[str] = []
-
-    def counting(path: str) -> tuple[bytes, object]:
-        seen.append(os.path.basename(path))
-        return read_source(path)
-
-    monkeypatch.setattr(catalog_module, "read_source", counting)
-    return seen
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import select
 
 from scheduler.store.db import Database
-from scheduler.store.schema import execution_logs, executions
+from scheduler.store.schema import execution_logs
 from scheduler.tasktime import iso
 from tests import conftest
 from tests.conftest import make_site
@@ -152,20 +152,12 @@ def celery_site(root: Path, redis_url: str, workflow: str, settings: str = "") -
     return make_site(root, {"w.toml": workflow}, settings) / "tomlflow.toml"
 
 
-def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "scheduler", *args, "--config", str(config)],
-        cwd=config.parent, capture_output=True, text=True, timeout=timeout,
-    )
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return conftest.site_cli(config.parent, *args)
 
 
 def rows(config: Path) -> list[Any]:
-    db = Database(f"sqlite:///{config.parent / 'tomlflow.db'}")
-    try:
-        with db.read() as conn:
-            return list(conn.execute(select(executions).order_by(executions.c.id)).all())
-    finally:
-        db.close()
+    return conftest.site_rows(config.parent)
 
 
 def logs(config: Path, execution_id: int) -> list[str]:
