@@ -169,25 +169,25 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One short write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success."""
-        try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
-                with conn.begin():
-                    yield conn
-        except DBAPIError as exc:
-            raise StoreError(self.url, _reason(exc)) from exc
+        with self._immediate() as conn, conn.begin():
+            yield conn
 
     @contextmanager
     def trial(self) -> Iterator[Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite) that is always rolled back."""
+        with self._immediate() as conn:
+            transaction = conn.begin()
+            try:
+                yield conn
+            finally:
+                transaction.rollback()
+
+    @contextmanager
+    def _immediate(self) -> Iterator[Connection]:
+        """A connection whose transactions begin IMMEDIATE; driver errors as StoreError."""
         try:
             with self.engine.connect() as conn:
-                conn = conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
-                transaction = conn.begin()
-                try:
-                    yield conn
-                finally:
-                    transaction.rollback()
+                yield conn.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
         except DBAPIError as exc:
             raise StoreError(self.url, _reason(exc)) from exc
 

@@ -260,7 +260,7 @@ def store_files(conn: Connection, files: Sequence[LoadedFile], now: datetime) ->
     # A file new when the caller read the stats may have been stored since by another process
     # refreshing at the same moment (the daemon and the command line): it is replaced too.
     unknown = [file.file_path for file in files if not file.known]
-    stored_since = _stored(conn, unknown) if unknown else set()
+    stored_since = stored_stats(conn, unknown) if unknown else {}
     for file in files:
         if file.known or file.file_path in stored_since:
             _forget_file(conn, file.file_path, kept=[phase[1] for phase in file.phases])
@@ -288,16 +288,6 @@ _INSERT_PHASES = Statement(
     f"INSERT INTO workflow_phases ({', '.join(PhaseRow._fields)}) "
     f"VALUES ({', '.join('?' * len(PhaseRow._fields))})"
 )
-
-
-def _stored(conn: Connection, file_paths: Sequence[str]) -> set[str]:
-    """Which of ``file_paths`` have a row (one query per 500, within SQLite's variable limit)."""
-    found: set[str] = set()
-    column = workflow_files.c.file_path
-    for start in range(0, len(file_paths), 500):
-        chunk = file_paths[start : start + 500]
-        found.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
-    return found
 
 
 def _forget_file(conn: Connection, file_path: str, kept: list[str]) -> None:
