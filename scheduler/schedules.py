@@ -80,7 +80,7 @@ class Schedules:
             paused = history.paused_phases(conn)
             if not any(key in paused for key in ahead.before):
                 return self._take(conn, ahead)
-        due = [s for s in cron if _needs_planning(s, self.states.get(_key(s)), False, now, self.tz)]
+        due = self._due(cron, now)
         if not due:
             self._next = _next_look(cron, self.states)
             return []
@@ -90,7 +90,7 @@ class Schedules:
         """Build ahead the plan a tick at ``at`` would make, when it is plain: every phase due
         then was planned before, is not paused and has no batch (whose items come from files
         read at the fire). Pure: no database."""
-        due = [s for s in cron if _needs_planning(s, self.states.get(_key(s)), False, at, self.tz)]
+        due = self._due(cron, at)
         before: dict[PhaseKey, PhaseState] = {}
         for spec in due:
             state = self.states.get(_key(spec))
@@ -130,6 +130,11 @@ class Schedules:
         if self._next is None:
             self._next = _next_look(cron, self.states)
         return self._next[1]
+
+    def _due(self, cron: list[PhaseSpec], now: datetime) -> list[PhaseSpec]:
+        """The phases that need planning at ``now`` (a paused one too, until its flag is read)."""
+        states, tz = self.states, self.tz
+        return [s for s in cron if _needs_planning(s, states.get(_key(s)), False, now, tz)]
 
     def _fits(self, ahead: _Ahead, cron: list[PhaseSpec], now: datetime) -> bool:
         unchanged = all(self.states.get(key) is state for key, state in ahead.before.items())
